@@ -1,0 +1,43 @@
+# The course's two commands: `make start` (set up, open Jupyter) and `make test` (set up, run every test).
+# Everything else here is a step of those two, or a lesson's own target.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL := models/iris.joblib
+STUBS := lessons/03-grpc/model_pb2.py lessons/03-grpc/model_pb2_grpc.py lessons/03-grpc/model_pb2.pyi
+
+.PHONY: start test setup model protos outputs clean
+
+start: setup
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons
+
+test: setup
+	$(BIN)/python -m pytest
+
+setup: $(VENV)/.installed $(MODEL)
+
+# Reinstalls only when requirements.txt changes, so a second `make start` is quick.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+model: $(MODEL)
+$(MODEL): models/train.py $(VENV)/.installed
+	$(BIN)/python models/train.py
+
+# gRPC stubs are generated from protos/model.proto and committed (tests check they are current).
+protos: $(VENV)/.installed
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=lessons/03-grpc \
+		--pyi_out=lessons/03-grpc --grpc_python_out=lessons/03-grpc protos/model.proto
+
+# Re-run every notebook in place so the committed outputs match the code.
+outputs: setup
+	for nb in lessons/*/*.ipynb solutions/*/*.ipynb; do \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+
+clean:
+	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache
