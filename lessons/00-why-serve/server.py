@@ -16,6 +16,11 @@ from course.model import load_model
 MODEL = load_model()  # MODEL_PATH, or the repo's trained model
 
 
+def is_finite_number(x):
+    # bool is a subclass of int in Python, but true/false is not a measurement.
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class PredictHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path != "/health":
@@ -27,16 +32,18 @@ class PredictHandler(BaseHTTPRequestHandler):
             return self.reply(404, {"detail": f"no route POST {self.path}"})
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            # The order of the model's features comes from its metadata, never from the request.
-            row = [float(body[name]) for name in MODEL.features]
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return self.reply(400, {"detail": "body is not valid JSON"})
-        except KeyError as missing:
-            return self.reply(400, {"detail": f"missing feature {missing}; send all of {MODEL.features}"})
-        except (TypeError, ValueError):
-            return self.reply(400, {"detail": f"send a JSON object with numbers for {MODEL.features}"})
-        if not all(math.isfinite(x) for x in row):
-            return self.reply(400, {"detail": "feature values must be finite numbers"})
+        if not isinstance(body, dict):
+            return self.reply(400, {"detail": f"send a JSON object with the features {MODEL.features}"})
+        missing = [name for name in MODEL.features if name not in body]
+        if missing:
+            return self.reply(400, {"detail": f"missing features {missing}"})
+        # The order of the model's features comes from its metadata, never from the request.
+        row = [body[name] for name in MODEL.features]
+        not_numbers = [name for name, x in zip(MODEL.features, row) if not is_finite_number(x)]
+        if not_numbers:
+            return self.reply(400, {"detail": f"features {not_numbers} must be finite numbers"})
         probabilities = MODEL.estimator.predict_proba([row])[0]
         best = int(probabilities.argmax())
         self.reply(200, {"prediction": best, "label": MODEL.classes[best],
