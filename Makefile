@@ -9,8 +9,10 @@ STUBS := lessons/03-grpc/model_pb2.py lessons/03-grpc/model_pb2_grpc.py lessons/
 
 .PHONY: start test setup model protos outputs clean
 
+# Jupyter refuses to run as root unless told; root is normal in a container or a fresh WSL.
 start: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup
 	$(BIN)/python -m pytest
