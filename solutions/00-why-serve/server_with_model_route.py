@@ -5,16 +5,12 @@
 Rather than copying the lesson's server, we reuse its handler and add one route.
 """
 
-import importlib.util
 import os
 from http.server import ThreadingHTTPServer
 
-from course import LESSONS
+from course import import_lesson
 
-# The lesson folder's name starts with a digit, so it cannot be imported by name: load the file by path.
-_spec = importlib.util.spec_from_file_location("lesson00_server", LESSONS / "00-why-serve" / "server.py")
-lesson = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lesson)
+lesson = import_lesson("00-why-serve/server.py")
 
 PUBLIC_METADATA = ("name", "version", "features", "classes")
 
