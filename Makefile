@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL := models/iris.joblib
 STUBS := lessons/03-grpc/model_pb2.py lessons/03-grpc/model_pb2_grpc.py lessons/03-grpc/model_pb2.pyi
 
-.PHONY: start test setup model protos outputs clean
+.PHONY: start test setup model protos outputs clean java mlserver
 
 # Jupyter refuses to run as root unless told; root is normal in a container or a fresh WSL.
 start: setup
@@ -40,6 +40,15 @@ protos: $(VENV)/.installed
 outputs: setup
 	for nb in lessons/*/*.ipynb solutions/*/*.ipynb; do \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+
+# Lesson 07: the Java gRPC client, built from Debian packages only (see .ci/run for the list).
+java: setup
+	lessons/07-choosing/java/build.sh
+	$(BIN)/python -m pytest tests/test_java_client.py
+
+# Lesson 07: MLServer in its own virtualenv (.cache/mlserver-venv), the yardstick of `make bench`.
+mlserver:
+	lessons/07-choosing/mlserver/setup.sh
 
 clean:
 	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache
