@@ -1,0 +1,171 @@
+"""Lesson 02, exercise (worked answer): lesson 02's app.py, plus: every measurement must be > 0.
+
+    python solutions/02-fastapi/app.py     # or, from this folder: uvicorn app:app
+
+The change is gt=0 instead of ge=-LIMIT on the four fields of Features, marked "Exercise".
+Everything else is lesson 02's app.py. pydantic checks it, the 422 names the field, and
+/openapi.json documents it.
+
+The same contract as lesson 01's Flask app (same routes, same JSON, same status codes), but
+pydantic does the checking that Flask made us write by hand.
+"""
+
+import os
+from contextlib import asynccontextmanager
+from operator import attrgetter
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
+
+from course.model import load_model
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+# Any finite float is a number, but near 1e308 the model's scaling overflows and it answers NaN.
+# A million centimetres (10 km) is no flower either, so values must lie within +-LIMIT.
+LIMIT = 1e6
+
+
+class Features(BaseModel):
+    """One flower, measured in centimetres. Every feature is required; key order does not matter."""
+
+    # strict: 5 and 5.1 are numbers, "5.1" and true are not. No NaN or Infinity, no unknown keys.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    # Exercise: gt=0, because no real flower has a length or width of zero or less.
+    sepal_length: float = Field(gt=0, le=LIMIT, description="Sepal length in cm", examples=[5.1])
+    sepal_width: float = Field(gt=0, le=LIMIT, description="Sepal width in cm", examples=[3.5])
+    petal_length: float = Field(gt=0, le=LIMIT, description="Petal length in cm", examples=[1.4])
+    petal_width: float = Field(gt=0, le=LIMIT, description="Petal width in cm", examples=[0.2])
+
+
+class Prediction(BaseModel):
+    prediction: int = Field(description="Index of the most probable class in GET /model's classes", examples=[0])
+    label: str = Field(description="Name of that class", examples=["setosa"])
+    probabilities: list[float] = Field(description="One probability per class, in class order; they sum to 1",
+                                       examples=[[0.979, 0.021, 0.0]])
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Features] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1000 flowers")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="One prediction per instance, in the same order")
+
+
+class Error(BaseModel):
+    detail: str = Field(description="What is wrong with the request")
+
+
+# Documented in /docs next to the 422 that FastAPI documents by itself.
+ERRORS = {400: {"model": Error, "description": "The body is empty or not JSON"},
+          413: {"model": Error, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
+          415: {"model": Error, "description": "The body is not sent as Content-Type: application/json"}}
+
+
+ml = {}  # filled once at start-up, read by every request
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    model = load_model()  # MODEL_PATH, or the repo's trained model
+    if sorted(model.features) != sorted(Features.model_fields):
+        raise RuntimeError(f"the model expects {model.features}, but Features declares {list(Features.model_fields)}")
+    ml["model"] = model
+    ml["row"] = attrgetter(*model.features)  # a Features object -> its values in the model's order
+    ml["info"] = {key: model.metadata[key] for key in ("name", "version", "features", "classes", "feature_ranges")}
+    yield
+    ml.clear()
+
+
+app = FastAPI(title="Iris classifier", version="1.0.0", lifespan=lifespan)
+
+
+class LimitBody:
+    """ASGI middleware: stop reading a body past MAX_BODY_BYTES and answer 413 (JSON, like every error)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+app.add_middleware(LimitBody)
+
+
+def predict_rows(rows: list) -> list[Prediction]:
+    model = ml["model"]
+    # One predict_proba call: the predicted class is the most probable one, so no predict() too.
+    probabilities = model.estimator.predict_proba(rows)
+    return [Prediction(prediction=best, label=model.classes[best], probabilities=p)
+            for best, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist())]
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}  # serving requests means the lifespan has loaded the model
+
+
+@app.get("/model")
+async def model_info():
+    return ml["info"]
+
+
+@app.post("/predict", responses=ERRORS)
+async def predict(features: Features) -> Prediction:
+    # `async def` runs on the event loop: one row costs the model less than a hand-off to a worker
+    # thread would. It blocks the loop while it runs, so only for short work (the notebook measures).
+    return predict_rows([ml["row"](features)])[0]
+
+
+@app.post("/predict/batch", responses=ERRORS)
+def predict_batch(batch: BatchRequest) -> BatchPrediction:
+    # A plain `def` runs in a worker thread: up to 1000 rows, and other requests are served meanwhile.
+    row = ml["row"]
+    return BatchPrediction(predictions=predict_rows([row(x) for x in batch.instances]))
+
+
+def is_json(content_type: str) -> bool:
+    mime = content_type.partition(";")[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError):
+    # pydantic calls every mistake 422. Like lesson 01, three of them are not about the fields:
+    content_type = request.headers.get("content-type", "")
+    if not is_json(content_type):  # then FastAPI did not parse the body as JSON (strict_content_type)
+        return JSONResponse({"detail": f"expected Content-Type: application/json, got {content_type or 'none'}"}, 415)
+    error = exc.errors()[0]
+    if error["type"] == "json_invalid":
+        where = f"{error['ctx']['error']} at character {error['loc'][1]}"
+        return JSONResponse({"detail": f"the body is not valid JSON: {where}"}, 400)
+    if error["type"] == "missing" and error["loc"] == ("body",):
+        return JSONResponse({"detail": "the body is empty; send a JSON object"}, 400)
+    # FastAPI's usual 422 list, except that NaN or Infinity sent by the client is echoed as a string:
+    # JSON has no such numbers, and the default encoder would fail with a 500.
+    return Response(to_json({"detail": exc.errors()}, inf_nan_mode="strings", fallback=str), 422,
+                    media_type="application/json")
+
+
+if __name__ == "__main__":
+    # access_log=False: no log line per request, which is work on every request. Start-up, shutdown and
+    # errors are still logged; lesson 06 adds metrics and structured request logs.
+    uvicorn.run(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
+                access_log=False)

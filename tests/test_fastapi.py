@@ -1,0 +1,169 @@
+"""Lesson 02: the OpenAPI contract, the def/async def variants and start-up, as real processes; the worked answer
+kept in step with the lesson.
+
+The shared contract (predictions, batch, bad input) of lessons/02-fastapi/app.py is in test_contract.py; the worked
+answer's server is run and checked by solutions/02-fastapi/notebook.ipynb (nbval).
+"""
+
+import asyncio
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+import requests
+from sklearn.datasets import load_iris
+
+from course import LESSONS, REPO
+from course.server import BackgroundServer, ServerFailedToStart, free_port, start_server
+
+FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`uvicorn variants:app` from the lesson's folder: app.py's app, plus the two variant routes of the notebook.
+
+    (test_contract.py runs `uvicorn app:app` from the same folder; the notebook runs `python app.py`.)
+    """
+    port = free_port()
+    with BackgroundServer([sys.executable, "-m", "uvicorn", "variants:app", "--host", "127.0.0.1", "--port", str(port)],
+                          port=port, cwd=LESSONS / "02-fastapi") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def openapi(server):
+    return requests.get(server.url + "/openapi.json").json()
+
+
+def number(description, example):
+    return {"type": "number", "minimum": -1e6, "maximum": 1e6, "title": " ".join(description.split()[:2]).title(),
+            "description": description, "examples": [example]}
+
+
+def ref(name):
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def test_openapi_documents_predict_with_its_request_and_response_shapes(openapi):
+    assert openapi["paths"]["/predict"]["post"] == {
+        "summary": "Predict",
+        "operationId": "predict_predict_post",
+        "requestBody": {"content": ref("Features"), "required": True},
+        "responses": {
+            "200": {"description": "Successful Response", "content": ref("Prediction")},
+            "400": {"description": "The body is empty or not JSON", "content": ref("Error")},
+            "413": {"description": "The body is over 1048576 bytes", "content": ref("Error")},
+            "415": {"description": "The body is not sent as Content-Type: application/json", "content": ref("Error")},
+            "422": {"description": "Validation Error", "content": ref("HTTPValidationError")},
+        },
+    }
+    schemas = openapi["components"]["schemas"]
+    assert schemas["Features"] == {
+        "title": "Features",
+        "description": "One flower, measured in centimetres. Every feature is required; key order does not matter.",
+        "type": "object",
+        "properties": {
+            "sepal_length": number("Sepal length in cm", 5.1),
+            "sepal_width": number("Sepal width in cm", 3.5),
+            "petal_length": number("Petal length in cm", 1.4),
+            "petal_width": number("Petal width in cm", 0.2),
+        },
+        "required": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+        "additionalProperties": False,
+    }
+    assert schemas["Prediction"] == {
+        "title": "Prediction",
+        "type": "object",
+        "properties": {
+            "prediction": {"type": "integer", "title": "Prediction", "examples": [0],
+                           "description": "Index of the most probable class in GET /model's classes"},
+            "label": {"type": "string", "title": "Label", "description": "Name of that class", "examples": ["setosa"]},
+            "probabilities": {"type": "array", "items": {"type": "number"}, "title": "Probabilities",
+                              "description": "One probability per class, in class order; they sum to 1",
+                              "examples": [[0.979, 0.021, 0.0]]},
+        },
+        "required": ["prediction", "label", "probabilities"],
+    }
+    assert schemas["Error"]["properties"]["detail"]["type"] == "string"
+
+
+def test_openapi_documents_the_batch_endpoint(openapi):
+    operation = openapi["paths"]["/predict/batch"]["post"]
+    assert operation["requestBody"] == {"content": ref("BatchRequest"), "required": True}
+    assert operation["responses"]["200"]["content"] == ref("BatchPrediction")
+    schemas = openapi["components"]["schemas"]
+    assert schemas["BatchRequest"]["properties"]["instances"] == {
+        "type": "array", "items": {"$ref": "#/components/schemas/Features"}, "minItems": 1, "maxItems": 1000,
+        "title": "Instances", "description": "1 to 1000 flowers"}
+    assert schemas["BatchRequest"]["additionalProperties"] is False
+    assert schemas["BatchPrediction"]["properties"]["predictions"]["items"] == {"$ref": "#/components/schemas/Prediction"}
+
+
+def test_swagger_ui_is_served_at_docs(server):
+    response = requests.get(server.url + "/docs")
+    assert response.status_code == 200
+    assert "swagger-ui" in response.text and "/openapi.json" in response.text
+
+
+def test_predict_from_the_folder_started_server(server, model):
+    answer = requests.post(server.url + "/predict", json=FLOWER).json()
+    probabilities = model.estimator.predict_proba([[FLOWER[name] for name in model.features]])[0]
+    assert answer == {"prediction": int(probabilities.argmax()), "label": model.classes[int(probabilities.argmax())],
+                      "probabilities": pytest.approx(probabilities.tolist(), abs=1e-9)}
+
+
+def test_the_variants_answer_like_the_lesson_endpoints(server, model):
+    """/variants/predict is /predict as a def; /variants/predict/batch is /predict/batch as an async def."""
+    data = load_iris().data
+    rows = [dict(zip(model.features, x.tolist())) for x in data]
+    expected = model.estimator.predict_proba(data)
+    for path in ("/predict", "/variants/predict"):
+        answers = [requests.post(server.url + path, json=row).json() for row in rows[::10]]
+        assert [a["prediction"] for a in answers] == [int(p.argmax()) for p in expected[::10]]
+        for answer, probabilities in zip(answers, expected[::10]):
+            assert answer["probabilities"] == pytest.approx(probabilities.tolist(), abs=1e-9)
+    for path in ("/predict/batch", "/variants/predict/batch"):
+        batch = requests.post(server.url + path, json={"instances": rows}).json()["predictions"]
+        assert [p["prediction"] for p in batch] == expected.argmax(axis=1).tolist()
+    bad = requests.post(server.url + "/variants/predict", json={**FLOWER, "sepal_width": "3.5"})
+    assert bad.status_code == 422  # same models, same validation
+
+
+def test_a_missing_model_stops_the_server_at_start_up():
+    with pytest.raises(ServerFailedToStart) as error:
+        start_server("lessons/02-fastapi/app.py", env={"MODEL_PATH": "models/missing.joblib"})
+    assert "Model file models/missing.joblib does not exist" in str(error.value)
+    assert "Application startup failed" in str(error.value)
+
+
+def test_a_model_with_other_features_is_refused_at_start_up(tmp_path, model, monkeypatch):
+    """The lifespan checks that Features declares exactly the model's features, or the server would mislabel them."""
+    shutil.copy(model.path, tmp_path / "other.joblib")
+    (tmp_path / "other.json").write_text(json.dumps({**model.metadata, "features": ["a", "b", "c", "d"]}))
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "other.joblib"))
+    spec = importlib.util.spec_from_file_location("lesson02_app", LESSONS / "02-fastapi" / "app.py")
+    lesson = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lesson)
+
+    async def start_up():
+        async with lesson.lifespan(lesson.app):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"the model expects \['a', 'b', 'c', 'd'\], but Features declares"):
+        asyncio.run(start_up())
+
+
+# ---- the exercise's worked answer: solutions/02-fastapi/notebook.ipynb runs it and checks its answers -------------
+
+def test_the_worked_answer_is_the_lesson_app_plus_gt_0():
+    def code(path):
+        lines = (REPO / path).read_text().splitlines()
+        return lines[next(i for i, line in enumerate(lines) if line.startswith("import")):]
+
+    lesson, answer = code("lessons/02-fastapi/app.py"), code("solutions/02-fastapi/app.py")
+    normalised = [line.replace("Field(gt=0,", "Field(ge=-LIMIT,") for line in answer if "# Exercise" not in line]
+    assert normalised == lesson
+    assert sum("Field(gt=0," in line for line in answer) == 4
