@@ -52,3 +52,9 @@ mlserver:
 
 clean:
 	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache
+
+# Lesson 04: build both images with Docker, or with Podman + Buildah where no Docker daemon runs
+# (lessons/04-docker/engine.py). The first build takes minutes, the next ones seconds.
+.PHONY: image
+image: setup
+	$(BIN)/python lessons/04-docker/engine.py build http grpc

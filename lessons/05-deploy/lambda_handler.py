@@ -1,0 +1,35 @@
+"""Lesson 02's FastAPI app as an AWS Lambda function behind API Gateway, unchanged: Mangum adapts.
+
+API Gateway does not speak HTTP to a Lambda function: it calls `handler(event, context)` with the
+request described as a dict (the *event*), and expects a dict back. Mangum turns the event into
+the ASGI call FastAPI expects, and FastAPI's response into that dict. It understands both API
+Gateway flavours: HTTP APIs (payload format 2.0) and REST APIs (format 1.0), and ALB events too.
+
+    Lambda setting "Handler": lambda_handler.handler
+    Try it here:  python lessons/05-deploy/lambda_handler.py lessons/05-deploy/events/http-api-v2-predict.json
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from mangum import Mangum
+
+# In a deployment package, app.py sits beside this file and this is `from app import app`.
+# In the course it lives in lesson 02's folder, so it is loaded from there by path.
+APP_FILE = Path(__file__).resolve().parent.parent / "02-fastapi" / "app.py"
+spec = importlib.util.spec_from_file_location("fastapi_app", APP_FILE)
+fastapi_app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fastapi_app)
+
+# lifespan="auto": Mangum runs the app's lifespan (which loads and checks the model) around each
+# invocation. Lambda has no "shutting down" moment to hook into, so that is the honest choice;
+# with this small model it costs a few milliseconds per call (the notebook measures it).
+handler = Mangum(fastapi_app.app, lifespan="auto")
+
+
+if __name__ == "__main__":
+    # What `sam local invoke -e event.json` would do, without Docker or AWS.
+    event = json.loads(Path(sys.argv[1]).read_text())
+    print(json.dumps(handler(event, None), indent=2))
