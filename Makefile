@@ -50,6 +50,12 @@ java: setup
 mlserver:
 	lessons/07-choosing/mlserver/setup.sh
 
+# Lesson 07: every lesson server measured on this machine, with MLServer as the yardstick (about 4 minutes).
+# Fails if the FastAPI lesson server answers fewer single-row requests per second than MLServer.
+.PHONY: bench
+bench: setup mlserver
+	$(BIN)/python lessons/07-choosing/bench.py
+
 clean:
 	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache
 
