@@ -8,9 +8,9 @@
 # server's libraries, and its own port, HEALTHCHECK and CMD, so `docker run` needs no arguments.
 
 FROM python:3.11-slim AS build
-COPY lessons/04-docker/requirements-grpc.txt /tmp/requirements.txt
+COPY lessons/04-docker/requirements-grpc.txt /opt/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /opt/requirements.txt \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} +

@@ -10,9 +10,9 @@ FROM python:3.11-slim
 # requirements alone, pinned, installed before any code is copied, without a cache, into a venv.
 # These two lines are the same as in the lesson's Dockerfile, so Docker reuses its cached layer:
 # the answer builds in seconds once the lesson's image is built.
-COPY lessons/04-docker/requirements.txt /tmp/requirements.txt
+COPY lessons/04-docker/requirements.txt /opt/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /opt/requirements.txt \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} +
