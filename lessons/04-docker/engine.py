@@ -37,7 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "python:3.11-slim"
 BASE_IMAGE_FULL = "docker.io/library/python:3.11-slim"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serving-course" / "containers"
-STANDIN_TAR = CACHE / "python-3.11-slim-standin.tar"
+# Raise it when make_standin changes: a cached stand-in with another version is made again.
+STANDIN_VERSION = "2"
+STANDIN_TAR = CACHE / f"python-3.11-slim-standin-{STANDIN_VERSION}.tar"
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ class Podman(Engine):
                 "--format", "docker", *mounts, "-f", spec.dockerfile, "-t", spec.tag, "."]
 
     def prepare(self) -> None:
-        if self.exists(BASE_IMAGE_FULL):
+        if self.exists(BASE_IMAGE_FULL) and not self._outdated_standin():
             return
         pulled = run([*self.images_cli, "pull", BASE_IMAGE_FULL], check=False, timeout=600)
         if pulled.returncode == 0:
@@ -268,7 +270,20 @@ class Podman(Engine):
         if not STANDIN_TAR.exists():
             make_standin(STANDIN_TAR, reason=pulled.stderr.strip().splitlines()[-1:])
         run([*self.images_cli, "import", "--change", "ENV LANG=C.UTF-8", "--change", 'CMD ["python3"]',
-             str(STANDIN_TAR), BASE_IMAGE_FULL], timeout=600)
+             "--change", f"LABEL course.standin={STANDIN_VERSION}", str(STANDIN_TAR), BASE_IMAGE_FULL],
+            timeout=600)
+
+    def _outdated_standin(self) -> bool:
+        """True (and the image removed) if python:3.11-slim here is a stand-in of an older version.
+        Stand-ins carry our label; the very first ones had none, but, unlike the real image, a
+        single layer. A pulled image is never touched."""
+        data = json.loads(run([*self.images_cli, "image", "inspect", BASE_IMAGE_FULL]).stdout)[0]
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        standin = "course.standin" in labels or len(data["RootFS"]["Layers"]) == 1
+        if not standin or labels.get("course.standin") == STANDIN_VERSION:
+            return False
+        run([*self.images_cli, "rmi", "--force", BASE_IMAGE_FULL])
+        return True
 
     def start(self, spec, *, env=None, command=None, wait=True, timeout=60):
         _remove_stale_containers(self)
@@ -536,7 +551,11 @@ def _debian_mirror() -> str | None:
 
 
 def make_standin(tar_path: Path, reason: list[str] = ()) -> None:
-    """python:3.11-slim's stand-in: minimal Debian bookworm + python3, trimmed like the -slim images."""
+    """python:3.11-slim's stand-in: minimal Debian bookworm + python3, trimmed like the -slim images.
+
+    Like the official image, it has no bytecode (*.pyc) and no test folders in Python's libraries:
+    its Dockerfile deletes them after building Python and installs pip with --no-compile. Debian's
+    packages compile everything on installation (24 MB of .pyc), so they are deleted here too."""
     why = f" ({reason[0]})" if reason else ""
     if not shutil.which("debootstrap"):
         raise EngineMissing(f"cannot get the base image {BASE_IMAGE}: no registry answered{why}, and "
@@ -561,6 +580,12 @@ def make_standin(tar_path: Path, reason: list[str] = ()) -> None:
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:
+                    entry.unlink()
+        for python_lib in (rootfs / "usr/lib").glob("python3*"):
+            for entry in sorted(python_lib.rglob("*")):
+                if entry.name in ("__pycache__", "test", "tests", "idle_test") and entry.is_dir():
+                    shutil.rmtree(entry)
+                elif entry.suffix == ".pyc" and entry.is_file():
                     entry.unlink()
         for link, target in (("python", "python3"), ("pip", "pip3")):
             if not (rootfs / "usr/bin" / link).exists():
