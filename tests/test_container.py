@@ -7,7 +7,6 @@ container engine at all, the tests that need one are skipped with a message sayi
 missing; the checks of the files themselves run everywhere.
 """
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -21,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sklearn.datasets import load_iris
 
-from course import REPO
+from course import REPO, import_lesson
 from course.server import start_server
 
 LESSON = REPO / "lessons" / "04-docker"
@@ -39,16 +38,7 @@ READY_WITHIN_SECONDS = 2.0
 SIZE_BUDGET_MB = {"http": 350, "grpc": 350}
 
 
-def load_engine():
-    if "lesson04_engine" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("lesson04_engine", LESSON / "engine.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["lesson04_engine"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["lesson04_engine"]
-
-
-engine_module = load_engine()
+engine_module = import_lesson("04-docker/engine.py")
 IMAGES = engine_module.IMAGES
 
 

@@ -12,7 +12,6 @@
 
 import base64
 import copy
-import importlib.util
 import json
 import re
 import signal
@@ -26,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from course import REPO
+from course import REPO, import_lesson
 from course.server import BackgroundServer, http_ready, start_server
 
 LESSON = REPO / "lessons" / "05-deploy"
@@ -36,16 +35,7 @@ KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version() + ".0"]
 ROW = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
 
 
-def load_engine():
-    if "lesson04_engine" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("lesson04_engine", REPO / "lessons/04-docker/engine.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["lesson04_engine"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["lesson04_engine"]
-
-
-engine_module = load_engine()
+engine_module = import_lesson("04-docker/engine.py")
 
 
 def documents():
@@ -247,10 +237,7 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(model):
 
 @pytest.fixture(scope="module")
 def handler():
-    spec = importlib.util.spec_from_file_location("lambda_handler", LESSON / "lambda_handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.handler
+    return import_lesson("05-deploy/lambda_handler.py").handler
 
 
 EVENTS = {"v2": "http-api-v2-predict.json", "v1": "rest-api-v1-predict.json"}
