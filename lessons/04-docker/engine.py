@@ -40,6 +40,9 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serv
 # Raise it when make_standin changes: a cached stand-in with another version is made again.
 STANDIN_VERSION = "2"
 STANDIN_TAR = CACHE / f"python-3.11-slim-standin-{STANDIN_VERSION}.tar"
+# Podman's run-time state (locks, mounts): short-lived, like podman's own /run/containers, and on a
+# short path, because podman refuses a run root longer than 50 characters.
+RUN_ROOT = Path("/run/serving-course")
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,8 @@ class Podman(Engine):
 
     def __init__(self):
         self.driver = _storage_driver()
-        store = ["--root", str(CACHE / f"storage-{self.driver}"), "--runroot", str(CACHE / f"run-{self.driver}"),
+        # ("store-", not the "storage-" of earlier versions: podman's database remembers its run root.)
+        store = ["--root", str(CACHE / f"store-{self.driver}"), "--runroot", str(RUN_ROOT / self.driver),
                  "--storage-driver", self.driver]
         self.images_cli = ["podman", *store]
         self.buildah = ["buildah", *store]
@@ -488,7 +492,9 @@ def _storage_driver() -> str:
         return marker.read_text().strip()
     CACHE.mkdir(parents=True, exist_ok=True)
     probe = Path(tempfile.mkdtemp(prefix="overlay-probe-", dir=CACHE))
-    store = ["--root", str(probe / "root"), "--runroot", str(probe / "run"), "--storage-driver", "overlay"]
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    run_root = Path(tempfile.mkdtemp(prefix="probe-", dir=RUN_ROOT))
+    store = ["--root", str(probe / "root"), "--runroot", str(run_root), "--storage-driver", "overlay"]
     works = False
     try:
         made = run(["buildah", *store, "from", "scratch"], check=False)
@@ -498,8 +504,9 @@ def _storage_driver() -> str:
             run(["buildah", *store, "rm", made.stdout.strip()], check=False)
     finally:
         run(["buildah", *store, "rm", "--all"], check=False)
-        _unmount_below(probe)
-        shutil.rmtree(probe, ignore_errors=True)
+        for folder in (probe, run_root):
+            _unmount_below(folder)
+            shutil.rmtree(folder, ignore_errors=True)
     driver = "overlay" if works else "vfs"
     marker.write_text(driver + "\n")
     return driver
