@@ -19,6 +19,7 @@ once with debootstrap (Debian bookworm, whose python3 is 3.11 like the real imag
 from __future__ import annotations
 
 import atexit
+import hashlib
 import itertools
 import json
 import os
@@ -40,9 +41,9 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serv
 # Raise it when make_standin changes: a cached stand-in with another version is made again.
 STANDIN_VERSION = "2"
 STANDIN_TAR = CACHE / f"python-3.11-slim-standin-{STANDIN_VERSION}.tar"
-# Podman's run-time state (locks, mounts): short-lived, like podman's own /run/containers, and on a
-# short path, because podman refuses a run root longer than 50 characters.
-RUN_ROOT = Path("/run/serving-course")
+# Podman's run-time state (locks, mounts): short-lived, like podman's own /run/containers, on a short
+# path (podman refuses a run root longer than 50 characters), and one per cache folder.
+RUN_ROOT = Path("/run/serving-course") / hashlib.sha256(str(CACHE).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

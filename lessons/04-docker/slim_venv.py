@@ -44,7 +44,8 @@ def delete_build_and_test_files(root: Path) -> None:
 
 def strip_extension_modules(root: Path) -> None:
     modules = [str(p) for p in root.rglob("*.so") if not p.parent.name.endswith(".libs")]
-    subprocess.run(["strip", "--strip-unneeded", *modules], check=True)
+    if modules:
+        subprocess.run(["strip", "--strip-unneeded", *modules], check=True)
 
 
 def link_identical_files(root: Path) -> None:
