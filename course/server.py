@@ -81,6 +81,7 @@ class BackgroundServer:
         self.cwd = Path(cwd)
         self.process: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)
+        self._final_log: str | None = None  # kept in memory once the server has stopped; the file is deleted
 
     @property
     def address(self) -> str:
@@ -95,6 +96,8 @@ class BackgroundServer:
         return self.process.pid if self.process else None
 
     def log(self) -> str:
+        if self._final_log is not None:
+            return self._final_log
         return Path(self._log.name).read_text(errors="replace")
 
     def start(self) -> "BackgroundServer":
@@ -120,22 +123,28 @@ class BackgroundServer:
             f"Its log:\n{self.log()}")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the server's main process only, as `docker stop` and the kubelet do (gunicorn's master
+        then tells its workers itself)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def _signal_group(self, sig: int) -> None:
         if self.process and self.process.poll() is None:
             if os.name == "posix":
                 os.killpg(self.process.pid, sig)
             else:
-                self.process.terminate()
+                self.process.send_signal(sig)
 
     def stop(self, grace: float = 10) -> int | None:
         """SIGTERM the whole process group, give it `grace` seconds, then SIGKILL. Returns the exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
+                self._signal_group(signal.SIGKILL)
                 self.process.wait()
         self._forget()
         return self.process.returncode
@@ -143,6 +152,9 @@ class BackgroundServer:
     def _forget(self) -> None:
         _running.discard(self)
         self._log.close()
+        if self._final_log is None:
+            self._final_log = self.log()
+            Path(self._log.name).unlink(missing_ok=True)
 
     def __enter__(self) -> "BackgroundServer":
         return self if self.process else self.start()

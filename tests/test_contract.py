@@ -295,12 +295,38 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_the_server_stays_up(kind, cas
 @pytest.mark.parametrize("kind", REST)
 def test_422s_point_at_the_flower_in_a_batch(kind, servers):
     body = json.dumps({"instances": [ROW, ROW, {**ROW, "petal_length": None}]})
-    detail = send(servers(kind).url, "/predict/batch", body, JSON_TYPE).json()["detail"]
-    if kind == "fastapi":  # FastAPI's standard list of errors: type, loc, msg, input
-        assert detail == [{"type": "float_type", "loc": ["body", "instances", 2, "petal_length"],
-                           "msg": "Input should be a valid number", "input": None}]
-    else:
-        assert detail.startswith("instances[2].petal_length: ")
+    response = send(servers(kind).url, "/predict/batch", body, JSON_TYPE)
+    assert (response.status_code, response.json()) == (422, {"detail": "instances[2].petal_length: expected a number, got null"})
+
+
+FIELD_ERRORS = [  # the sentence both servers write for a mistake, exactly: the same as gRPC's for the same values
+    ("/predict", {k: v for k, v in ROW.items() if k != "petal_width"},
+     "petal_width: missing; expected sepal_length, sepal_width, petal_length, petal_width"),
+    ("/predict", {**ROW, "colour": 1}, "colour: unknown field; expected sepal_length, sepal_width, petal_length, petal_width"),
+    ("/predict", {**ROW, "sepal_width": "3.5"}, "sepal_width: expected a number, got a string"),
+    ("/predict", {**ROW, "sepal_width": 1e7}, "sepal_width: expected a number from -1,000,000 to 1,000,000, got 10000000.0"),
+    ("/predict", [5.1, 3.5, 1.4, 0.2], "body: expected an object, got an array"),
+    ("/predict/batch", {"instances": []}, "instances: expected 1 to 1000 items, got 0"),
+    ("/predict/batch", {"instances": ROW}, "instances: expected an array, got an object"),
+    ("/predict/batch", {"instances": [ROW], "model": "v2"}, "model: unknown field; expected instances"),
+    ("/predict/batch", {"instances": [ROW, 5]}, "instances[1]: expected an object, got a number"),
+]
+
+
+@pytest.mark.parametrize("kind", REST)
+@pytest.mark.parametrize("path, body, sentence", FIELD_ERRORS, ids=[case[2].split(":")[0] for case in FIELD_ERRORS])
+def test_a_field_error_is_one_sentence_naming_the_field(kind, servers, path, body, sentence):
+    response = send(servers(kind).url, path, json.dumps(body), JSON_TYPE)
+    assert (response.status_code, response.json()) == (422, {"detail": sentence})
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_INPUT if c[4] != 400], ids=[c[0] for c in BAD_INPUT if c[4] != 400])
+def test_flask_and_fastapi_answer_each_mistake_with_the_same_body(case, servers):
+    # Lesson 02 promises lesson 01's contract: the same status and the same JSON, word for word. (400s say
+    # "the body is not valid JSON: ..." with each parser's own reason, so they are left out.)
+    _, path, body, content_type, _, _ = case
+    flask, fastapi = (send(servers(kind).url, path, body, content_type) for kind in REST)
+    assert (flask.status_code, flask.json()) == (fastapi.status_code, fastapi.json())
 
 
 @pytest.mark.parametrize("kind", REST)

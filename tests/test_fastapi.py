@@ -57,7 +57,8 @@ def test_openapi_documents_predict_with_its_request_and_response_shapes(openapi)
             "400": {"description": "The body is empty or not JSON", "content": ref("Error")},
             "413": {"description": "The body is over 1048576 bytes", "content": ref("Error")},
             "415": {"description": "The body is not sent as Content-Type: application/json", "content": ref("Error")},
-            "422": {"description": "Validation Error", "content": ref("HTTPValidationError")},
+            "422": {"description": "The JSON is not what the model needs; the sentence names the field",
+                    "content": ref("Error")},
         },
     }
     schemas = openapi["components"]["schemas"]

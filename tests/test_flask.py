@@ -37,9 +37,8 @@ def test_the_naive_server_answers_the_first_iris_flower_wrongly_and_silently(mod
 
 def test_gunicorn_serves_the_app(model):
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "--chdir", "lessons/01-flask", "-b", f"127.0.0.1:{port}",
-               "--workers", "1", "--no-control-socket", "app:app"]
-    with BackgroundServer(command, port=port) as server:
+    command = [sys.executable, "-m", "gunicorn", "-c", "lessons/01-flask/gunicorn.conf.py"]  # as the lesson runs it
+    with BackgroundServer(command, port=port, env={"DRAIN_SECONDS": "0.2"}) as server:
         assert "Booting worker" in server.log()
         answer = requests.post(server.url + "/predict", json=dict(reversed(FLOWER.items()))).json()
         batch = requests.post(server.url + "/predict/batch", json={"instances": [FLOWER] * 3}).json()["predictions"]
@@ -47,7 +46,10 @@ def test_gunicorn_serves_the_app(model):
     probabilities = model.estimator.predict_proba(in_order(FLOWER, model.features))[0]
     assert answer["prediction"] == int(probabilities.argmax())
     assert answer["probabilities"] == pytest.approx(probabilities.tolist(), abs=1e-9)
-    assert batch == [answer] * 3
+    # Another batch shape can take another BLAS kernel path: the same answer, to the last few bits.
+    for row in batch:
+        assert row["prediction"] == answer["prediction"] and row["label"] == answer["label"]
+        assert row["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-12)
     assert bad.status_code == 422 and bad.json()["detail"].startswith("sepal_width: ")
     assert server.process.returncode == 0  # SIGTERM: a graceful shutdown
 

@@ -1,11 +1,11 @@
 """Lesson 01: the iris model behind Flask, with every input checked.
 
     python lessons/01-flask/app.py                                 # Flask's development server, port 5000
-    gunicorn --chdir lessons/01-flask -b 127.0.0.1:5000 app:app    # a production server
+    gunicorn -c lessons/01-flask/gunicorn.conf.py                  # a production server: see that file
 
 What changed from naive_app.py: the feature order comes from the model's metadata, never from the
 request; every value is checked before it reaches the model; and every mistake is answered with
-JSON whose `detail` names the field, under the status code the table in the notebook gives.
+JSON whose `detail` is one sentence naming the field, under the status code the table in the notebook gives.
 """
 
 import json
@@ -36,42 +36,57 @@ class InvalidInput(ValueError):
     """The body is JSON, but not what the model needs: 422, with the field's path in the message."""
 
 
+def a(value):
+    """The JSON type of a value, as the error sentences name it."""
+    return JSON_TYPES.get(type(value), "a number")
+
+
+def check_object(value, where):
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: expected an object, got {a(value)}")
+    for key in value:
+        if any("\ud800" <= c <= "\udfff" for c in key):  # a lone surrogate: "\ud800" is valid JSON, but no text
+            raise InvalidInput(f"{where}: a key is not valid Unicode")
+
+
+def check_no_unknown(value, names, where):
+    for key in value:
+        if key not in names:
+            raise InvalidInput(f"{path(where, key)}: unknown field; expected {', '.join(names)}")
+
+
 def path(where, key):
     return key if where == "body" else f"{where}.{key}"
 
 
-def check_object(value, names, where):
-    """`value` must be a JSON object holding exactly the keys `names`, in any order."""
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{where}: expected an object with {names}, got {JSON_TYPES.get(type(value), 'a number')}")
-    for key in value:
-        if key not in names:
-            raise InvalidInput(f"{path(where, key)}: unknown field; expected exactly {names}")
-    for name in names:
-        if name not in value:
-            raise InvalidInput(f"{path(where, name)}: missing; every one of {names} is required")
-
-
 def to_row(instance, where="body"):
     """One JSON object -> the model's input row, in the metadata's feature order."""
-    check_object(instance, FEATURES, where)
+    check_object(instance, where)
     row = []
-    for name in FEATURES:
+    for name in FEATURES:  # field by field, in order, then unknown keys: the first mistake is reported
+        if name not in instance:
+            raise InvalidInput(f"{path(where, name)}: missing; expected {', '.join(FEATURES)}")
         value = instance[name]
         # bool is a subclass of int in Python, and "5.1" is text: neither is a measurement.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(f"{path(where, name)}: expected a number, got {JSON_TYPES[type(value)]}")
+            raise InvalidInput(f"{path(where, name)}: expected a number, got {a(value)}")
         # Also refuses NaN (it fails every comparison) and Infinity, which Python's json reads without complaint.
         if not -LIMIT <= value <= LIMIT:
             raise InvalidInput(f"{path(where, name)}: expected a number from {-LIMIT:,.0f} to {LIMIT:,.0f}, "
                                f"got {value}")
         row.append(float(value))
+    check_no_unknown(instance, FEATURES, where)
     return row
 
 
 def read_json():
     """The parsed body, or the right error: too big 413, not JSON 415, empty or malformed 400."""
-    body = request.get_data()
+    try:
+        body = request.get_data()
+    except HTTPException:  # 413 past MAX_CONTENT_LENGTH
+        raise
+    except Exception as error:  # the server could not read it, e.g. gunicorn's InvalidChunkSize for broken chunks
+        abort(400, f"the body could not be read: {type(error).__name__}")
     if len(body) > MAX_BODY_BYTES:  # a chunked body (no Content-Length), cut at MAX_CONTENT_LENGTH
         raise RequestEntityTooLarge()
     if not request.is_json:
@@ -82,6 +97,8 @@ def read_json():
         return json.loads(body)
     except ValueError as error:  # also catches bytes that are not UTF-8
         abort(400, f"the body is not valid JSON: {error}")
+    except RecursionError:  # [[[[...]]]] 10,000 deep: Python's parser gives up; FastAPI answers 400 too
+        abort(400, "the body is not valid JSON: nested too deeply")
 
 
 def predict_rows(rows):
@@ -93,7 +110,11 @@ def predict_rows(rows):
 
 @app.get("/health")
 def health():
-    return {"status": "ok"}  # the model is loaded at import, before the first request
+    # Readiness. The model is loaded at import, before the first request; after SIGTERM, gunicorn.conf.py
+    # sets DRAINING, and the 503 tells load balancers to send new requests elsewhere.
+    if app.config.get("DRAINING"):
+        return {"status": "shutting down"}, 503
+    return {"status": "ok"}
 
 
 @app.get("/model")
@@ -109,14 +130,17 @@ def predict():
 @app.post("/predict/batch")
 def predict_batch():
     body = read_json()
-    check_object(body, ["instances"], "body")
+    check_object(body, "body")
+    if "instances" not in body:
+        raise InvalidInput("instances: missing; expected instances")
     instances = body["instances"]
     if not isinstance(instances, list):
-        got = JSON_TYPES.get(type(instances), "a number")
-        raise InvalidInput(f"instances: expected an array of objects, got {got}")
+        raise InvalidInput(f"instances: expected an array, got {a(instances)}")
     if not 1 <= len(instances) <= MAX_BATCH:
-        raise InvalidInput(f"instances: expected 1 to {MAX_BATCH} objects, got {len(instances)}")
-    return {"predictions": predict_rows([to_row(x, f"instances[{i}]") for i, x in enumerate(instances)])}
+        raise InvalidInput(f"instances: expected 1 to {MAX_BATCH} items, got {len(instances)}")
+    rows = [to_row(x, f"instances[{i}]") for i, x in enumerate(instances)]
+    check_no_unknown(body, ["instances"], "body")
+    return {"predictions": predict_rows(rows)}
 
 
 @app.errorhandler(InvalidInput)
@@ -131,8 +155,12 @@ def too_large(error):
 
 @app.errorhandler(HTTPException)
 def http_error(error):
-    # Every other HTTP error (400, 404, 405, 415) as JSON too, instead of Flask's HTML page.
-    return jsonify(detail=error.description), error.code
+    # Every other HTTP error (400, 404, 405, 415) as JSON too, instead of Flask's HTML page. Starting from
+    # error.get_response() keeps its headers, such as the Allow that a 405 must carry.
+    response = error.get_response()
+    response.data = json.dumps({"detail": error.description})
+    response.content_type = "application/json"
+    return response
 
 
 if __name__ == "__main__":

@@ -3,22 +3,21 @@
     python lessons/02-fastapi/app.py       # or, from this folder: uvicorn app:app
     open http://127.0.0.1:8000/docs         # Swagger UI, generated from the classes below
 
-The same contract as lesson 01's Flask app (same routes, same JSON, same status codes), but
-pydantic does the checking that Flask made us write by hand.
+The same contract as lesson 01's Flask app (same routes, same JSON, same status codes, the same
+error text), but pydantic does the checking that Flask made us write by hand.
 """
 
+import json
 import os
-import signal
-import sys
+import threading
 from contextlib import asynccontextmanager
 from operator import attrgetter
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_core import to_json
 
 from course.model import load_model
 
@@ -27,6 +26,8 @@ MAX_BATCH = 1000
 # Any finite float is a number, but near 1e308 the model's scaling overflows and it answers NaN.
 # A million centimetres (10 km) is no flower either, so values must lie within +-LIMIT.
 LIMIT = 1e6
+# After SIGTERM, /health answers 503 for this long while load balancers stop sending, then uvicorn drains.
+DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "1"))
 
 
 class Features(BaseModel):
@@ -57,13 +58,14 @@ class BatchPrediction(BaseModel):
 
 
 class Error(BaseModel):
-    detail: str = Field(description="What is wrong with the request")
+    detail: str = Field(description="What is wrong with the request", examples=["petal_width: missing"])
 
 
-# Documented in /docs next to the 422 that FastAPI documents by itself.
+# Documented in /docs; 422 replaces FastAPI's list of errors, because every error here is one sentence.
 ERRORS = {400: {"model": Error, "description": "The body is empty or not JSON"},
           413: {"model": Error, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
-          415: {"model": Error, "description": "The body is not sent as Content-Type: application/json"}}
+          415: {"model": Error, "description": "The body is not sent as Content-Type: application/json"},
+          422: {"model": Error, "description": "The JSON is not what the model needs; the sentence names the field"}}
 
 
 ml = {}  # filled once at start-up, read by every request
@@ -77,6 +79,7 @@ async def lifespan(app: FastAPI):
     ml["model"] = model
     ml["row"] = attrgetter(*model.features)  # a Features object -> its values in the model's order
     ml["info"] = {key: model.metadata[key] for key in ("name", "version", "features", "classes", "feature_ranges")}
+    ml["draining"] = False
     yield
     ml.clear()
 
@@ -115,9 +118,12 @@ def predict_rows(rows: list) -> list[Prediction]:
             for best, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist())]
 
 
-@app.get("/health")
+@app.get("/health", responses={503: {"description": "Shutting down: send requests elsewhere"}})
 async def health():
-    return {"status": "ok"}  # serving requests means the lifespan has loaded the model
+    # Readiness: serving means the lifespan has loaded the model; after SIGTERM it is 503 (see DrainFirst).
+    if ml["draining"]:
+        return JSONResponse({"status": "shutting down"}, 503)
+    return {"status": "ok"}
 
 
 @app.get("/model")
@@ -144,29 +150,73 @@ def is_json(content_type: str) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
+def a(value) -> str:
+    """The JSON type of a value, as the error sentences name it."""
+    kinds = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
+    return kinds.get(type(value), "a number")
+
+
+def sentence(error: dict, batch: bool) -> str:
+    """One pydantic error as the sentence lesson 01 writes by hand, e.g. "instances[2].petal_width: missing"."""
+    loc = error["loc"][1:]  # without "body"
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "body"
+    fields = ", ".join(["instances"] if batch and len(loc) == 1 else Features.model_fields)
+    value, kind = error["input"], error["type"]
+    if kind in ("model_attributes_type", "model_type"):
+        return f"{field}: expected an object, got {a(value)}"
+    if kind == "string_unicode":  # a key such as "\\ud800": JSON can write it, but it is no text
+        return f"{field}: a key is not valid Unicode"
+    if kind == "missing":
+        return f"{field}: missing; expected {fields}"
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field; expected {fields}"
+    if kind == "float_type" and a(value) != "a number":  # a number here is an integer too big for a float
+        return f"{field}: expected a number, got {a(value)}"
+    if kind in ("float_type", "finite_number", "greater_than_equal", "less_than_equal"):
+        return f"{field}: expected a number from {-LIMIT:,.0f} to {LIMIT:,.0f}, got {value}"
+    if kind == "list_type":
+        return f"{field}: expected an array, got {a(value)}"
+    if kind in ("too_short", "too_long"):
+        return f"{field}: expected 1 to {MAX_BATCH} items, got {len(value)}"
+    return f"{field}: {error['msg']}"
+
+
+class Sentence(JSONResponse):
+    def render(self, content) -> bytes:
+        # ASCII JSON: a lone surrogate that a client sent ("\\ud800" as a key) is escaped instead of failing as a 500.
+        return json.dumps(content).encode()
+
+
 @app.exception_handler(RequestValidationError)
 async def invalid_request(request: Request, exc: RequestValidationError):
     # pydantic calls every mistake 422. Like lesson 01, three of them are not about the fields:
     content_type = request.headers.get("content-type", "")
     if not is_json(content_type):  # then FastAPI did not parse the body as JSON (strict_content_type)
-        return JSONResponse({"detail": f"expected Content-Type: application/json, got {content_type or 'none'}"}, 415)
+        return Sentence({"detail": f"expected Content-Type: application/json, got {content_type or 'none'}"}, 415)
     error = exc.errors()[0]
     if error["type"] == "json_invalid":
-        where = f"{error['ctx']['error']} at character {error['loc'][1]}"
-        return JSONResponse({"detail": f"the body is not valid JSON: {where}"}, 400)
+        return Sentence({"detail": f"the body is not valid JSON: {error['ctx']['error']}"}, 400)
     if error["type"] == "missing" and error["loc"] == ("body",):
-        return JSONResponse({"detail": "the body is empty; send a JSON object"}, 400)
-    # FastAPI's usual 422 list, except that NaN or Infinity sent by the client is echoed as a string:
-    # JSON has no such numbers, and the default encoder would fail with a 500.
-    return Response(to_json({"detail": exc.errors()}, inf_nan_mode="strings", fallback=str), 422,
-                    media_type="application/json")
+        return Sentence({"detail": "the body is empty; send a JSON object"}, 400)
+    # The first mistake, as a sentence: never the client's input echoed back (it can be huge, or not even text).
+    return Sentence({"detail": sentence(error, batch=request.url.path.endswith("/batch"))}, 422)
+
+
+class DrainFirst(uvicorn.Server):
+    """uvicorn with a planned stop that loses nothing: readiness first, a pause, then uvicorn's own drain."""
+
+    def handle_exit(self, sig, frame):
+        if ml.get("draining"):  # a second Ctrl+C or SIGTERM: stop now
+            self.should_exit = self.force_exit = True
+        else:
+            ml["draining"] = True  # /health answers 503: load balancers stop sending new requests here
+            # Then uvicorn stops accepting, finishes the requests in flight, and run() returns: exit code 0.
+            threading.Timer(DRAIN_SECONDS, setattr, (self, "should_exit", True)).start()
 
 
 if __name__ == "__main__":
-    # uvicorn drains the requests in flight on SIGTERM, then re-raises the signal to the handler below:
-    # a planned stop (docker stop, a Kubernetes rollout) exits 0, not as a crash.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     # access_log=False: no log line per request, which is work on every request. Start-up, shutdown and
     # errors are still logged; lesson 06 adds metrics and structured request logs.
-    uvicorn.run(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
-                access_log=False)
+    config = uvicorn.Config(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
+                            access_log=False)
+    DrainFirst(config).run()

@@ -96,8 +96,9 @@ def main():
     monitoring.log_json()
     # log_config=None: uvicorn's own lines (start, stop) go through our JSON handler too.
     # access_log=False: our line above replaces uvicorn's plain-text access line.
-    uvicorn.run(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
-                log_config=None, access_log=False)
+    config = uvicorn.Config(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
+                            log_config=None, access_log=False)
+    lesson02.DrainFirst(config).run()  # lesson 02's planned stop: /health 503, drain, exit 0
 
 
 if __name__ == "__main__":
