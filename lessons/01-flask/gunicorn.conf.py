@@ -11,6 +11,9 @@ import time
 
 chdir = os.path.dirname(os.path.abspath(__file__))  # app.py's folder, wherever gunicorn is started from
 wsgi_app = "app:app"
+# The master imports app.py (and loads the model) once, before it forks: a worker that replaces a dead one is ready
+# at once, and the workers share the model's memory until they write to it.
+preload_app = True
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 
 # The default "sync" worker reads one request at a time: a client that sends half a body and stalls holds the
