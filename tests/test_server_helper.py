@@ -1,18 +1,25 @@
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 from course.server import BackgroundServer, ServerFailedToStart, free_port, start_server
 
 
 def alive(pid):
-    """Running, that is: a killed orphan may linger as a zombie until PID 1 reaps it."""
+    """Running, that is: a killed orphan may linger as a zombie until PID 1 reaps it. psutil tells on Linux, macOS
+    and WSL alike, and raises (failing the test) where it cannot tell, instead of answering "not alive"."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
+
+
+def test_alive_tells_a_running_process_from_a_finished_one():
+    with start_server([sys.executable, "-c", "import time; time.sleep(60)"], ready=lambda s: True) as server:
+        assert alive(server.pid)
+    assert not alive(server.pid)
 
 
 def test_server_is_stopped_when_the_block_fails():
