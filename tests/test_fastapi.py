@@ -8,6 +8,7 @@ answer's server is run and checked by solutions/02-fastapi/notebook.ipynb (nbval
 import asyncio
 import importlib.util
 import json
+import re
 import shutil
 import sys
 
@@ -103,10 +104,16 @@ def test_openapi_documents_the_batch_endpoint(openapi):
     assert schemas["BatchPrediction"]["properties"]["predictions"]["items"] == {"$ref": "#/components/schemas/Prediction"}
 
 
-def test_swagger_ui_is_served_at_docs(server):
-    response = requests.get(server.url + "/docs")
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_work_offline_every_file_comes_from_the_server(server, page):
+    response = requests.get(server.url + page)
     assert response.status_code == 200
-    assert "swagger-ui" in response.text and "/openapi.json" in response.text
+    # Every script, style sheet, icon and the contract itself, as the page references them.
+    referenced = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", response.text)
+    assert any(url.endswith(".js") for url in referenced) and "/openapi.json" in referenced, referenced
+    for url in referenced:
+        assert url.startswith("/"), f"{page} loads {url} from another host: blank without a network"
+        assert requests.get(server.url + url).status_code == 200, url
 
 
 def test_predict_from_the_folder_started_server(server, model):

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from course.model import load_model
@@ -84,7 +85,8 @@ async def lifespan(app: FastAPI):
     ml.clear()
 
 
-app = FastAPI(title="Iris classifier", version="1.0.0", lifespan=lifespan)
+# FastAPI's own /docs page loads Swagger UI from a CDN, and is blank offline; FastAPIOffline serves those files itself.
+app = FastAPIOffline(title="Iris classifier", version="1.0.0", lifespan=lifespan)
 
 
 class LimitBody:
