@@ -15,10 +15,12 @@ from operator import attrgetter
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from course.model import load_model
 
@@ -202,6 +204,16 @@ async def invalid_request(request: Request, exc: RequestValidationError):
         return Sentence({"detail": "the body is empty; send a JSON object"}, 400)
     # The first mistake, as a sentence: never the client's input echoed back (it can be huge, or not even text).
     return Sentence({"detail": sentence(error, batch=request.url.path.endswith("/batch"))}, 422)
+
+
+@app.exception_handler(StarletteHTTPException)  # the class FastAPI raises, and registers its own handler for
+async def unparsable_body(request: Request, exc: StarletteHTTPException):
+    # FastAPI answers "There was an error parsing the body" when json.loads fails with something other than a
+    # syntax error: bytes that are not UTF-8, [[[[...]]]] nested 10,000 deep, an integer of 5,000 digits.
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        reason = "nested too deeply" if isinstance(exc.__cause__, RecursionError) else exc.__cause__
+        return Sentence({"detail": f"the body is not valid JSON: {reason}"}, 400)
+    return await http_exception_handler(request, exc)
 
 
 class DrainFirst(uvicorn.Server):
