@@ -4,8 +4,11 @@
   field fails), and the Deployment's probe paths and port called on the server started the way
   its container would start it: with the manifest's env, as a process here and, when a container
   engine is available, as the real image.
-- Graceful shutdown: SIGTERM while requests are in flight; they all complete, the process exits 0.
-- AWS Lambda: the handler invoked with real-shaped API Gateway events (HTTP API v2, REST API v1).
+- Graceful shutdown: after SIGTERM, /health answers 503 first, the server keeps serving through its drain,
+  then refuses new connections, finishes the requests in flight and exits 0 (tests/test_shutdown.py
+  measures the same under load, on every server).
+- AWS Lambda: the handler invoked with real-shaped API Gateway events (HTTP API v2, REST API v1); the
+  model is loaded once per container, at import, not per invocation.
 - ECS: the task definition is JSON with the fields ECS requires, and agrees with the image.
 (Cloud Run's contract, "listen on $PORT", is tested on the container in test_container.py.)
 """
@@ -13,9 +16,11 @@
 import base64
 import copy
 import json
+import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -30,7 +35,7 @@ from course.server import BackgroundServer, http_ready, start_server
 
 LESSON = REPO / "lessons" / "05-deploy"
 MANIFESTS = sorted((LESSON / "k8s").glob("*.yaml"))
-# The oldest Kubernetes the manifests claim to work on (preStop's sleep action), and the newest schema.
+# An older Kubernetes the manifests work on, and the newest schema.
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version() + ".0"]
 ROW = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
 
@@ -114,9 +119,14 @@ def test_the_deployment_is_locked_down_and_drains_gracefully():
     for kind in ("cpu", "memory"):
         assert resources["requests"][kind] and resources["limits"][kind]
     assert mebibytes(resources["requests"]["memory"]) <= mebibytes(resources["limits"]["memory"])
-    # preStop runs before SIGTERM, and both must fit in the grace period, with time left to drain.
-    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert 0 < pause and pause + 10 <= pod["terminationGracePeriodSeconds"]
+    # One pause, the server's own after SIGTERM (a preStop sleep would add a second one before it). It
+    # outlasts the readiness probe's time to see the 503, and fits in the grace period with time to finish.
+    drain = float({item["name"]: item["value"] for item in container["env"]}["DRAIN_SECONDS"])
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    assert "preStop" not in container.get("lifecycle", {})
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < drain
+    assert drain < liveness["periodSeconds"] * liveness["failureThreshold"], "liveness would restart it mid-drain"
+    assert drain + 10 <= pod["terminationGracePeriodSeconds"]
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
@@ -143,6 +153,7 @@ def test_probe_paths_answer_on_the_server_started_as_the_manifest_says(model):
     _, cmd = image_spec(container["image"])
     assert cmd[0] == "python"
     env = {item["name"]: item["value"] for item in container["env"] if item["name"] not in ("HOST", "PORT")}
+    env["DRAIN_SECONDS"] = "0"  # the drain is measured in the shutdown tests; here it would only slow the stop
     paths = {probe["path"] for probe in probes(container).values()}
     with BackgroundServer([sys.executable, *cmd[1:]], env=env, ready=http_ready(sorted(paths)[0])) as server:
         for path in paths:
@@ -164,6 +175,7 @@ def test_probe_paths_answer_in_the_real_image():
     spec, _ = image_spec(container["image"])
     engine.ensure_built(spec)  # nothing to do if test_container.py built it in this run
     env = {item["name"]: item["value"] for item in container["env"] if item["name"] != "PORT"}
+    env["DRAIN_SECONDS"] = "0"  # as above
     with engine.start(spec, env=env) as running:
         for probe in probes(container).values():
             assert requests.get(running.url + probe["path"], timeout=2).status_code == 200
@@ -197,47 +209,62 @@ def read_response(sock):
     return int(head.split()[1]), json.loads(body)
 
 
-def test_sigterm_lets_requests_in_flight_finish_then_exits_0(model):
+def test_sigterm_fails_readiness_keeps_serving_through_the_drain_then_exits_0(model):
+    # The planned stop every server of the course makes, step by step, on the image's server (lesson 02).
+    drain = 1.0
     rows = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.7, 5.1, 1.6], [6.3, 3.3, 6.0, 2.5], [5.7, 2.8, 4.1, 1.3], [4.9, 3.0, 1.4, 0.2]]
     bodies = [json.dumps({"instances": [dict(zip(model.features, row))] * (i + 1)}).encode()
               for i, row in enumerate(rows)]
-    server = start_server("lessons/02-fastapi/app.py")
+    expected = model.estimator.predict_proba([[ROW[f] for f in model.features]])[0]
+    server = start_server("lessons/02-fastapi/app.py", env={"DRAIN_SECONDS": str(drain)})
     try:
         in_flight = [send_headers(server.port, body) for body in bodies]
         server.signal(signal.SIGTERM)  # what `docker stop` and the kubelet send
-        # The server stops accepting connections at once (so new requests must go elsewhere:
-        # that is what preStop's pause in deployment.yaml is for)...
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        signalled = time.monotonic()
+        # 1. Readiness fails first, so that load balancers polling /health send new requests elsewhere...
+        while requests.get(server.url + "/health", timeout=1).status_code != 503:
+            assert time.monotonic() < signalled + drain, "/health still answers 200 after SIGTERM"
+            time.sleep(0.01)
+        # 2. ...but until they have noticed, whatever they still send is answered: new connections too.
+        reply = requests.post(server.url + "/predict", json=ROW, timeout=2)
+        assert time.monotonic() < signalled + drain, "too slow to tell: this request came after the drain"
+        assert reply.status_code == 200 and reply.json()["label"] == model.classes[int(expected.argmax())]
+        assert reply.json()["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
+        # 3. After the drain, new connections are refused...
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
             except ConnectionRefusedError:
                 break
+            assert time.monotonic() < signalled + drain + 10, "still accepting connections long after the drain"
             time.sleep(0.05)
-        else:
-            pytest.fail("the server still accepts connections 10 s after SIGTERM")
+        assert time.monotonic() - signalled >= drain, "stopped accepting before the drain was over"
         assert server.process.poll() is None, "it exited with requests still in flight"
-        # ...but finishes the requests it has started.
+        # 4. ...and the requests already started are finished.
         for sock, body, row in zip(in_flight, bodies, rows):
             sock.sendall(body)
-            status, reply = read_response(sock)
+            status, answer = read_response(sock)
             sock.close()
-            expected = model.estimator.predict_proba([row])[0]
             assert status == 200
-            assert {p["prediction"] for p in reply["predictions"]} == {int(expected.argmax())}
+            assert {p["prediction"] for p in answer["predictions"]} == {
+                int(model.estimator.predict_proba([row])[0].argmax())}
         code = server.process.wait(10)
     finally:
         server.stop()
     assert "Finished server process" in server.log()
-    assert code == 0, (f"exit code {code}: after draining, uvicorn re-raises SIGTERM, so the process "
-                       f"dies of it unless the app exits 0 itself\n{server.log()}")
+    assert code == 0, f"exit code {code}: a planned stop is not a crash\n{server.log()}"
 
 
 # ---- AWS Lambda --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def handler():
-    return import_lesson("05-deploy/lambda_handler.py").handler
+def lambda_module():
+    return import_lesson("05-deploy/lambda_handler.py")  # Lambda's init phase: once per container
+
+
+@pytest.fixture(scope="module")
+def handler(lambda_module):
+    return lambda_module.handler
 
 
 EVENTS = {"v2": "http-api-v2-predict.json", "v1": "rest-api-v1-predict.json"}
@@ -282,6 +309,30 @@ def test_lambda_predicts_like_the_model(handler, model, version):
     assert body["prediction"] == int(expected.argmax()) and body["label"] == model.classes[int(expected.argmax())]
     assert body["probabilities"] == pytest.approx(expected.tolist(), abs=1e-12)
     assert ("multiValueHeaders" in response) == (version == "v1")  # each format answers in its own shape
+
+
+def test_lambda_loads_the_model_once_per_container_not_per_invocation(lambda_module, monkeypatch):
+    app_module = lambda_module.fastapi_app
+    loaded = app_module.ml["model"]  # by the init phase
+    loads = []
+    monkeypatch.setattr(app_module, "load_model", lambda *args: loads.append(args) or loaded)
+    for version in ("v2", "v1"):  # two warm invocations
+        status, _, body = invoke(lambda_module.handler, event(version))
+        assert status == 200 and body["label"] == "virginica"
+    assert loads == [], "an invocation loaded the model again"
+    assert app_module.ml["model"] is loaded, "an invocation shut the app down, or replaced its model"
+
+
+def test_lambda_init_fails_on_a_tampered_model(tmp_path):
+    # lifespan="on": a model that fails its hash check fails the init phase, where Lambda reports it.
+    model_file = tmp_path / "iris.joblib"
+    model_file.write_bytes((REPO / "models" / "iris.joblib").read_bytes() + b"tampered")
+    (tmp_path / "iris.json").write_text((REPO / "models" / "iris.json").read_text())
+    init = subprocess.run([sys.executable, "-c", "from course import import_lesson; "
+                           "import_lesson('05-deploy/lambda_handler.py')"],
+                          env={**os.environ, "MODEL_PATH": str(model_file)}, capture_output=True, text=True,
+                          timeout=60)
+    assert init.returncode != 0 and "ModelIntegrityError: Refusing to load" in init.stderr, init.stderr[-2000:]
 
 
 @pytest.mark.parametrize("version", EVENTS)

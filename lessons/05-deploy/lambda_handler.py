@@ -9,12 +9,15 @@ Gateway flavours: HTTP APIs (payload format 2.0) and REST APIs (format 1.0), and
     Try it here:  python lessons/05-deploy/lambda_handler.py lessons/05-deploy/events/http-api-v2-predict.json
 """
 
+import atexit
 import importlib.util
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from mangum import Mangum
+from mangum.protocols import LifespanCycle
 
 # In a deployment package, app.py sits beside this file and this is `from app import app`.
 # In the course it lives in lesson 02's folder, so it is loaded from there by path.
@@ -23,10 +26,16 @@ spec = importlib.util.spec_from_file_location("fastapi_app", APP_FILE)
 fastapi_app = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fastapi_app)
 
-# lifespan="auto": Mangum runs the app's lifespan (which loads and checks the model) around each
-# invocation. Lambda has no "shutting down" moment to hook into, so that is the honest choice;
-# with this small model it costs a few milliseconds per call (the notebook measures it).
-handler = Mangum(fastapi_app.app, lifespan="auto")
+# Lambda imports this module once per container (its "init phase"), then calls `handler` for every
+# request the container gets. So the app's start-up, which loads and checks the model, runs here, once:
+# with lifespan="auto", Mangum would run it around every invocation (Kludex/mangum#342).
+# "on": if the model fails its check, the init phase fails and Lambda reports that, rather than each call.
+handler = Mangum(fastapi_app.app, lifespan="off")
+container = ExitStack()
+container.enter_context(LifespanCycle(fastapi_app.app, "on"))  # on the event loop Mangum set up for its calls
+# Lambda freezes and ends containers without notice; where a process does exit (a local run, the tests),
+# the app's shutdown half runs too.
+atexit.register(container.close)
 
 
 if __name__ == "__main__":
