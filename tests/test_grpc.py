@@ -104,6 +104,7 @@ def batch(*rows):
 
 
 GOOD = [5.1, 3.5, 1.4, 0.2]
+RANGE = "expected a number from -1,000,000 to 1,000,000"  # the same words as the REST lessons
 BAD_REQUESTS = {
     "no features": ("Predict", model_pb2.PredictRequest(),
                     f"expected 4 features in this order: {FEATURES}; got 0"),
@@ -112,17 +113,26 @@ BAD_REQUESTS = {
     "5 features": ("Predict", model_pb2.PredictRequest(features=GOOD + [1.0]),
                    f"expected 4 features in this order: {FEATURES}; got 5"),
     "NaN": ("Predict", model_pb2.PredictRequest(features=[5.1, math.nan, 1.4, 0.2]),
-            "feature sepal_width is nan; values must be finite numbers"),
+            f"sepal_width: {RANGE}, got nan"),
     "Infinity": ("Predict", model_pb2.PredictRequest(features=[5.1, 3.5, math.inf, 0.2]),
-                 "feature petal_length is inf; values must be finite numbers"),
+                 f"petal_length: {RANGE}, got inf"),
     "-Infinity": ("Predict", model_pb2.PredictRequest(features=[-math.inf, 3.5, 1.4, 0.2]),
-                  "feature sepal_length is -inf; values must be finite numbers"),
+                  f"sepal_length: {RANGE}, got -inf"),
+    # Finite, and still no flower: the review's examples, once answered virginica and [0, 0, 1].
+    "ten kilometres": ("Predict", model_pb2.PredictRequest(features=[1e7, 3.5, 1.4, 0.2]),
+                       f"sepal_length: {RANGE}, got 10000000.0"),
+    "the largest float32": ("Predict", model_pb2.PredictRequest(features=[3.4e38] * 4),
+                            f"sepal_length: {RANGE}, got 3.3999999521443642e+38"),
+    "just over the limit": ("Predict", model_pb2.PredictRequest(features=[5.1, 3.5, 1.4, -1_000_064.0]),
+                            f"petal_width: {RANGE}, got -1000064.0"),
     "empty batch": ("PredictBatch", batch(), "a batch holds 1 to 1000 instances; got 0"),
     "oversized batch": ("PredictBatch", batch(*[GOOD] * 1001), "a batch holds 1 to 1000 instances; got 1001"),
     "short row in a batch": ("PredictBatch", batch(GOOD, GOOD, [1.0, 2.0, 3.0], GOOD),
                              f"instances[2]: expected 4 features in this order: {FEATURES}; got 3"),
     "NaN in a batch": ("PredictBatch", batch(*[GOOD] * 7, [5.1, 3.5, 1.4, math.nan]),
-                       "instances[7]: feature petal_width is nan; values must be finite numbers"),
+                       f"instances[7]: petal_width: {RANGE}, got nan"),
+    "too large in a batch": ("PredictBatch", batch(GOOD, [5.1, 2e6, 1.4, 0.2]),
+                             f"instances[1]: sepal_width: {RANGE}, got 2000000.0"),
 }
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import requests
 import yaml
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -305,7 +307,7 @@ def test_grpc_interceptor_counts_every_call(grpc_server, model):
                 getattr(stub, method)(request, timeout=5)
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             calls[f"/ModelService/{method}", "INVALID_ARGUMENT"] += 1
-    after = scrape(grpc_server.metrics_url)
+    after = scrape(grpc_server.metrics_url)  # counted before the status left: no wait needed
 
     # The interceptor passes replies through untouched: they are the model's, after the float32 trip.
     predicted = good + edge_rows(model) + OUTSIDE + batch
@@ -323,6 +325,35 @@ def test_grpc_interceptor_counts_every_call(grpc_server, model):
     drift = outside_training_range(model, good + OUTSIDE + batch)
     assert increase(before, after, "out_of_range_values_total", "feature") == keyed(drift)
     assert after["requests_in_progress", ()] == 0
+
+
+def test_grpc_malformed_requests_are_counted_as_invalid_argument(grpc_server):
+    # Bytes that are no protobuf message at all: garbage, a float field of 3 bytes, a length past the end.
+    malformed = [("/ModelService/Predict", b"\xff\xfe\xfd"), ("/ModelService/Predict", b"\x0a\x03\x00\x00\x80"),
+                 ("/ModelService/PredictBatch", b"\x0a\x10\x0a\x04")]
+    before = scrape(grpc_server.metrics_url)
+    with grpc.insecure_channel(grpc_server.address) as channel:
+        for path, data in malformed:
+            with pytest.raises(grpc.RpcError) as error:
+                channel.unary_unary(path)(data, timeout=5)  # no serializers: the bytes go out as they are
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details().startswith("the request is not a valid Predict")
+    after = scrape(grpc_server.metrics_url)
+    calls = Counter((path, "INVALID_ARGUMENT") for path, _ in malformed)
+    assert increase(before, after, "requests_total", "endpoint", "status") == dict(calls)
+    assert increase(before, after, "request_duration_seconds_count", "endpoint") == keyed(
+        Counter(path for path, _ in malformed))
+    assert increase(before, after, "predictions_total", "label") == {}
+
+
+def test_grpc_server_offers_reflection(grpc_server):
+    with grpc.insecure_channel(grpc_server.address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert sorted(database.get_services()) == [
+            "ModelService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+        methods = DescriptorPool(database).FindServiceByName("ModelService").methods
+        assert [(m.name, m.input_type.name) for m in methods] == [
+            ("Predict", "PredictRequest"), ("PredictBatch", "PredictBatchRequest")]
 
 
 def test_grpc_server_error_is_counted_as_unknown_and_logged_once(broken_model):

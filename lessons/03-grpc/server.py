@@ -1,20 +1,21 @@
 """The course model behind gRPC: the contract is protos/model.proto, not a URL and a JSON shape.
 
-    python lessons/03-grpc/server.py      # listens on 127.0.0.1:50051 (env PORT, HOST, MODEL_PATH)
+    python lessons/03-grpc/server.py      # listens on 127.0.0.1:50051 (env PORT, HOST, MODEL_PATH, DRAIN_SECONDS)
     python lessons/03-grpc/client.py      # in a second terminal
 
 model_pb2.py and model_pb2_grpc.py are generated from the .proto by `make protos`; never edit them.
-Besides ModelService the server runs two standard services every gRPC tool understands:
-health checking (grpc.health.v1) and reflection (so grpcurl can list and call the methods).
+Besides ModelService the server runs two standard services every gRPC tool understands: health checking
+(grpc.health.v1) and reflection (so grpcurl can list and call the methods). It is an asyncio server
+(grpc.aio): a call still waiting for its request costs a coroutine, not one of a few threads, so stalled
+clients cannot starve the others or the health check.
 """
 
-import math
+import asyncio
 import os
 import signal
-import threading
-from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,21 +25,26 @@ from course.model import load_model
 
 MODEL = load_model()  # MODEL_PATH, or the repo's trained model
 MAX_BATCH = 1000
-# After SIGTERM: keep serving DRAIN_SECONDS (calls already sent get picked up), then give the
+LIMIT = 1e6  # as in lessons 01 and 02: a million centimetres is no flower, yet float32 goes up to 3.4e38
+# After SIGTERM: keep serving DRAIN_SECONDS while load balancers notice NOT_SERVING, then give the
 # calls in progress GRACE_SECONDS to finish. Together well under docker stop's 10 s.
 DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "1"))
 GRACE_SECONDS = 5
 SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name  # "ModelService"
 
 
+class BadRequest(Exception):
+    """The client's mistake, in words it can act on: RefuseBadRequests answers it INVALID_ARGUMENT."""
+
+
 def check_row(features, where=""):
-    """A row the model can use, or ValueError saying what is wrong with it."""
+    """A row the model can use, or BadRequest saying what is wrong with it, in the REST lessons' words."""
     if len(features) != len(MODEL.features):
-        raise ValueError(f"{where}expected {len(MODEL.features)} features in this order: "
+        raise BadRequest(f"{where}expected {len(MODEL.features)} features in this order: "
                          f"{', '.join(MODEL.features)}; got {len(features)}")
     for name, value in zip(MODEL.features, features):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}feature {name} is {value}; values must be finite numbers")
+        if not -LIMIT <= value <= LIMIT:  # False for NaN too
+            raise BadRequest(f"{where}{name}: expected a number from {-LIMIT:,.0f} to {LIMIT:,.0f}, got {value}")
     return list(features)
 
 
@@ -56,60 +62,84 @@ def predict(rows):
 
 
 class ModelService(model_pb2_grpc.ModelServiceServicer):
-    def Predict(self, request, context):
-        try:
-            row = check_row(request.features)
-        except ValueError as error:
-            # abort() ends the call with this status; a bare exception would reach the client as UNKNOWN.
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        return predict([row])[0]
+    async def Predict(self, request, context):
+        return predict([check_row(request.features)])[0]
 
-    def PredictBatch(self, request, context):
-        count = len(request.instances)
-        if not 1 <= count <= MAX_BATCH:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"a batch holds 1 to {MAX_BATCH} instances; got {count}")
-        try:
-            rows = [check_row(instance.features, where=f"instances[{i}]: ")
-                    for i, instance in enumerate(request.instances)]
-        except ValueError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    async def PredictBatch(self, request, context):
+        if not 1 <= len(request.instances) <= MAX_BATCH:
+            raise BadRequest(f"a batch holds 1 to {MAX_BATCH} instances; got {len(request.instances)}")
+        rows = [check_row(row.features, where=f"instances[{i}]: ") for i, row in enumerate(request.instances)]
         return model_pb2.PredictBatchReply(predictions=predict(rows))
 
 
-def serve():
+class RefuseBadRequests(grpc.aio.ServerInterceptor):
+    """Every mistake of the client is INVALID_ARGUMENT with a message: bytes that do not parse, and BadRequest.
+
+    gRPC parses a request before the method runs, and answers bytes it cannot parse with INTERNAL
+    "Exception deserializing request!", a server error; so methods get the raw bytes, parsed here.
+    Any other exception is a bug of ours: gRPC logs it and answers UNKNOWN.
+    """
+
+    async def intercept_service(self, continuation, call_details):
+        handler = await continuation(call_details)  # what gRPC would run for this method
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown methods (UNIMPLEMENTED) and streams (reflection, health's Watch)
+        parse, method = handler.request_deserializer, handler.unary_unary
+        message = parse.__self__.__name__  # parse is a message class's FromString: PredictRequest.FromString
+
+        async def parse_then_call(data, context):
+            try:
+                return await method(parse(data), context)
+            except DecodeError:
+                details = f"the request is not a valid {message} (protobuf could not parse it)"
+            except BadRequest as error:
+                details = str(error)
+            # A status and no reply: gRPC sends it once every interceptor is done. (`await context.abort()`
+            # would send it at once, and the client could see it before lesson 06's metrics count it.)
+            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_details(details)
+
+        return grpc.unary_unary_rpc_method_handler(parse_then_call, response_serializer=handler.response_serializer)
+
+
+async def serve():
     host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "50051")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=10))
+    server = grpc.aio.server(interceptors=[RefuseBadRequests()])
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
 
     # Health: load balancers, Kubernetes probes and course.server.grpc_ready ask this service.
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):  # "" means "the server as a whole"
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     # Reflection: clients can ask the server which services and messages it has.
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     server.add_insecure_port(f"{host}:{port}")
-    server.start()
+    await server.start()
     print(f"Serving {MODEL.metadata['name']} over gRPC on {host}:{port}", flush=True)
 
-    def shut_down(signum, frame):
-        # 1. Health says NOT_SERVING, so load balancers stop routing new calls here.
-        # 2. Drain: calls already sent may still wait in gRPC's queue for a handler, and stop()
-        #    would cancel those (grpc/grpc#41785), so keep picking them up for DRAIN_SECONDS.
-        # 3. stop(): refuse new calls, give running ones GRACE_SECONDS; then wait_for_termination() returns.
-        print(f"{signal.Signals(signum).name}: finishing in-flight calls, then stopping", flush=True)
-        health_servicer.enter_graceful_shutdown()
-        threading.Timer(DRAIN_SECONDS, server.stop, args=(GRACE_SECONDS,)).start()
+    async def shut_down(signum):
+        print(f"{signum.name}: finishing in-flight calls, then stopping", flush=True)
+        await health_servicer.enter_graceful_shutdown()  # NOT_SERVING: load balancers send new calls elsewhere
+        # While they notice, calls keep coming: serve them. stop() now would CANCEL those still queued
+        # inside gRPC, a status clients do not retry (grpc/grpc#41785).
+        await asyncio.sleep(DRAIN_SECONDS)
+        await server.stop(GRACE_SECONDS)  # refuse new calls (UNAVAILABLE); running ones get GRACE_SECONDS
 
-    signal.signal(signal.SIGTERM, shut_down)  # docker stop, kubectl delete pod
-    signal.signal(signal.SIGINT, shut_down)   # Ctrl+C
-    server.wait_for_termination()
+    stopping = set()  # the loop keeps only weak references to tasks
+
+    def on_signal(signum):
+        # The first signal stops gracefully; a second one (an impatient Ctrl+C) stops at once.
+        stopping.add(asyncio.create_task(server.stop(0) if stopping else shut_down(signum)))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):  # docker stop and kubectl delete pod; Ctrl+C
+        asyncio.get_running_loop().add_signal_handler(signum, on_signal, signum)
+    await server.wait_for_termination()
     print("Stopped", flush=True)
 
 
 if __name__ == "__main__":
-    serve()
+    asyncio.run(serve())
