@@ -3,63 +3,160 @@
     python lessons/06-monitoring/app.py     # http://127.0.0.1:8000 (env HOST, PORT, MODEL_PATH, LOG_FEATURES)
     curl http://127.0.0.1:8000/metrics
 
-Routes, validation and errors are lesson 02's, unchanged: this file only adds observation around them.
-Every request gets one log line with a request id, taken from the X-Request-ID header or made up, and
-echoed in the response's X-Request-ID header, so a client's complaint leads to the server's line.
+Routes, validation and errors are lesson 02's, line for line (a test keeps them in step); what this file adds
+is marked "lesson 06". Every request gets one log line with a request id, taken from the X-Request-ID header or
+made up, and echoed in the response's X-Request-ID header, so a client's complaint leads to the server's line.
+The metrics themselves, shared with grpc_server.py, are defined in monitoring.py.
 """
 
+import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from operator import attrgetter
 
 import uvicorn
-from fastapi import Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from course import import_lesson
+import monitoring  # lesson 06: the metrics and the JSON log format, beside this file
+from course.model import load_model
 
-lesson02 = import_lesson("02-fastapi/app.py")
-monitoring = import_lesson("06-monitoring/monitoring.py")
-app = lesson02.app
-log = logging.getLogger("model_server")
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+# Any finite float is a number, but near 1e308 the model's scaling overflows and it answers NaN.
+# A million centimetres (10 km) is no flower either, so values must lie within +-LIMIT.
+LIMIT = 1e6
+# After SIGTERM, /health answers 503 for this long while load balancers stop sending, then uvicorn drains.
+DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "1"))
 
-# Feature values stay out of the logs unless LOG_FEATURES=1: for a real model they can be personal data
-# (a patient's results, an applicant's income), and logs are kept longer, copied to more places and read by
-# more people than the data store is. The counters of monitoring.py keep what monitoring needs, without them.
+# lesson 06: feature values stay out of the logs unless LOG_FEATURES=1: for a real model they can be personal data
+# (a patient's results, an applicant's income), and logs are kept longer, copied to more places and read by more
+# people than the data store is. The counters of monitoring.py keep what monitoring needs, without them.
 LOG_FEATURES = os.environ.get("LOG_FEATURES") == "1"
 REQUEST_ID = re.compile(r"[\w.:-]{1,64}")  # a client's id is echoed and logged: short and plain, or we make one
 this_request = ContextVar("this_request")  # this request's log line, so that predict_rows can add to it
+log = logging.getLogger("model_server")
 
-predict_rows = lesson02.predict_rows
+
+class Features(BaseModel):
+    """One flower, measured in centimetres. Every feature is required; key order does not matter."""
+
+    # strict: 5 and 5.1 are numbers, "5.1" and true are not. No NaN or Infinity, no unknown keys.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    sepal_length: float = Field(ge=-LIMIT, le=LIMIT, description="Sepal length in cm", examples=[5.1])
+    sepal_width: float = Field(ge=-LIMIT, le=LIMIT, description="Sepal width in cm", examples=[3.5])
+    petal_length: float = Field(ge=-LIMIT, le=LIMIT, description="Petal length in cm", examples=[1.4])
+    petal_width: float = Field(ge=-LIMIT, le=LIMIT, description="Petal width in cm", examples=[0.2])
 
 
-def observed_predict_rows(rows):
-    """Lesson 02's predict_rows, plus counters (classes, out-of-range values) and the labels for the log line."""
+class Prediction(BaseModel):
+    prediction: int = Field(description="Index of the most probable class in GET /model's classes", examples=[0])
+    label: str = Field(description="Name of that class", examples=["setosa"])
+    probabilities: list[float] = Field(description="One probability per class, in class order; they sum to 1",
+                                       examples=[[0.979, 0.021, 0.0]])
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Features] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1000 flowers")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="One prediction per instance, in the same order")
+
+
+class Error(BaseModel):
+    detail: str = Field(description="What is wrong with the request", examples=["petal_width: missing"])
+
+
+# Documented in /docs; 422 replaces FastAPI's list of errors, because every error here is one sentence.
+ERRORS = {400: {"model": Error, "description": "The body is empty or not JSON"},
+          413: {"model": Error, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
+          415: {"model": Error, "description": "The body is not sent as Content-Type: application/json"},
+          422: {"model": Error, "description": "The JSON is not what the model needs; the sentence names the field"}}
+
+
+ml = {}  # filled once at start-up, read by every request
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    model = load_model()  # MODEL_PATH, or the repo's trained model
+    if sorted(model.features) != sorted(Features.model_fields):
+        raise RuntimeError(f"the model expects {model.features}, but Features declares {list(Features.model_fields)}")
+    ml["model"] = model
+    ml["row"] = attrgetter(*model.features)  # a Features object -> its values in the model's order
+    ml["info"] = {key: model.metadata[key] for key in ("name", "version", "features", "classes", "feature_ranges")}
+    ml["draining"] = False
+    yield
+    ml.clear()
+
+
+# FastAPI's own /docs page loads Swagger UI from a CDN, and is blank offline; FastAPIOffline serves those files itself.
+app = FastAPIOffline(title="Iris classifier", version="1.0.0", lifespan=lifespan)
+
+
+class LimitBody:
+    """ASGI middleware: stop reading a body past MAX_BODY_BYTES and answer 413 (JSON, like every error)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+app.add_middleware(LimitBody)
+
+
+def predict_rows(rows: list) -> list[Prediction]:
+    model = ml["model"]
+    # One predict_proba call: the predicted class is the most probable one, so no predict() too.
+    probabilities = model.estimator.predict_proba(rows)
+    predictions = [Prediction(prediction=best, label=model.classes[best], probabilities=p)
+                   for best, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist())]
+    observe(rows, [p.label for p in predictions])  # lesson 06
+    return predictions
+
+
+def observe(rows, labels):
+    """lesson 06: count the classes and out-of-range inputs, and put the labels on this request's log line."""
+    monitoring.observe(rows, labels)
     line = this_request.get({})
     if LOG_FEATURES:
         line["features"] = rows
-    predictions = predict_rows(rows)
-    labels = [p.label for p in predictions]
-    monitoring.observe(rows, labels)
     if len(labels) == 1:
         line["label"] = labels[0]
     else:  # a batch holds up to 1000 rows: the counts keep its line short
         line["labels"] = dict(Counter(labels))
-    return predictions
-
-
-# Lesson 02's two predict routes look `predict_rows` up by name each time they run: replacing the name puts
-# every prediction, single or batch, through the function above. In your own server, write it in place.
-lesson02.predict_rows = observed_predict_rows
 
 
 @app.middleware("http")
 async def measure_and_log(request: Request, call_next):
+    """lesson 06: every request counted, timed and logged as one JSON line, with its request id."""
     request_id = request.headers.get("x-request-id", "")
     if not REQUEST_ID.fullmatch(request_id):
         request_id = uuid.uuid4().hex
@@ -88,18 +185,119 @@ async def measure_and_log(request: Request, call_next):
 
 @app.get("/metrics", include_in_schema=False)
 def metrics():
-    # Prometheus' text format: every metric of this process, as it is right now. Prometheus keeps the history.
+    # lesson 06: Prometheus' text format, every metric of this process as it is now. Prometheus keeps the history.
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def main():
-    monitoring.log_json()
-    # log_config=None: uvicorn's own lines (start, stop) go through our JSON handler too.
-    # access_log=False: our line above replaces uvicorn's plain-text access line.
-    config = uvicorn.Config(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
-                            log_config=None, access_log=False)
-    lesson02.DrainFirst(config).run()  # lesson 02's planned stop: /health 503, drain, exit 0
+@app.get("/health", responses={503: {"description": "Shutting down: send requests elsewhere"}})
+async def health():
+    # Readiness: serving means the lifespan has loaded the model; after SIGTERM it is 503 (see DrainFirst).
+    if ml["draining"]:
+        return JSONResponse({"status": "shutting down"}, 503)
+    return {"status": "ok"}
+
+
+@app.get("/model")
+async def model_info():
+    return ml["info"]
+
+
+@app.post("/predict", responses=ERRORS)
+async def predict(features: Features) -> Prediction:
+    # `async def` runs on the event loop: one row costs the model less than a hand-off to a worker
+    # thread would. It blocks the loop while it runs, so only for short work (the notebook measures).
+    return predict_rows([ml["row"](features)])[0]
+
+
+@app.post("/predict/batch", responses=ERRORS)
+def predict_batch(batch: BatchRequest) -> BatchPrediction:
+    # A plain `def` runs in a worker thread: up to 1000 rows, and other requests are served meanwhile.
+    row = ml["row"]
+    return BatchPrediction(predictions=predict_rows([row(x) for x in batch.instances]))
+
+
+def is_json(content_type: str) -> bool:
+    mime = content_type.partition(";")[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+def a(value) -> str:
+    """The JSON type of a value, as the error sentences name it."""
+    kinds = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
+    return kinds.get(type(value), "a number")
+
+
+def sentence(error: dict, batch: bool) -> str:
+    """One pydantic error as the sentence lesson 01 writes by hand, e.g. "instances[2].petal_width: missing"."""
+    loc = error["loc"][1:]  # without "body"
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "body"
+    fields = ", ".join(["instances"] if batch and len(loc) == 1 else Features.model_fields)
+    value, kind = error["input"], error["type"]
+    if kind in ("model_attributes_type", "model_type"):
+        return f"{field}: expected an object, got {a(value)}"
+    if kind == "string_unicode":  # a key such as "\\ud800": JSON can write it, but it is no text
+        return f"{field}: a key is not valid Unicode"
+    if kind == "missing":
+        return f"{field}: missing; expected {fields}"
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field; expected {fields}"
+    if kind == "float_type" and a(value) != "a number":  # a number here is an integer too big for a float
+        return f"{field}: expected a number, got {a(value)}"
+    if kind in ("float_type", "finite_number", "greater_than_equal", "less_than_equal"):
+        return f"{field}: expected a number from {-LIMIT:,.0f} to {LIMIT:,.0f}, got {value}"
+    if kind == "list_type":
+        return f"{field}: expected an array, got {a(value)}"
+    if kind in ("too_short", "too_long"):
+        return f"{field}: expected 1 to {MAX_BATCH} items, got {len(value)}"
+    return f"{field}: {error['msg']}"
+
+
+class Sentence(JSONResponse):
+    def render(self, content) -> bytes:
+        # ASCII JSON: a lone surrogate that a client sent ("\\ud800" as a key) is escaped instead of failing as a 500.
+        return json.dumps(content).encode()
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError):
+    # pydantic calls every mistake 422. Like lesson 01, three of them are not about the fields:
+    content_type = request.headers.get("content-type", "")
+    if not is_json(content_type):  # then FastAPI did not parse the body as JSON (strict_content_type)
+        return Sentence({"detail": f"expected Content-Type: application/json, got {content_type or 'none'}"}, 415)
+    error = exc.errors()[0]
+    if error["type"] == "json_invalid":
+        return Sentence({"detail": f"the body is not valid JSON: {error['ctx']['error']}"}, 400)
+    if error["type"] == "missing" and error["loc"] == ("body",):
+        return Sentence({"detail": "the body is empty; send a JSON object"}, 400)
+    # The first mistake, as a sentence: never the client's input echoed back (it can be huge, or not even text).
+    return Sentence({"detail": sentence(error, batch=request.url.path.endswith("/batch"))}, 422)
+
+
+@app.exception_handler(StarletteHTTPException)  # the class FastAPI raises, and registers its own handler for
+async def unparsable_body(request: Request, exc: StarletteHTTPException):
+    # FastAPI answers "There was an error parsing the body" when json.loads fails with something other than a
+    # syntax error: bytes that are not UTF-8, [[[[...]]]] nested 10,000 deep, an integer of 5,000 digits.
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        reason = "nested too deeply" if isinstance(exc.__cause__, RecursionError) else exc.__cause__
+        return Sentence({"detail": f"the body is not valid JSON: {reason}"}, 400)
+    return await http_exception_handler(request, exc)
+
+
+class DrainFirst(uvicorn.Server):
+    """uvicorn with a planned stop that loses nothing: readiness first, a pause, then uvicorn's own drain."""
+
+    def handle_exit(self, sig, frame):
+        if ml.get("draining"):  # a second Ctrl+C or SIGTERM: stop now
+            self.should_exit = self.force_exit = True
+        else:
+            ml["draining"] = True  # /health answers 503: load balancers stop sending new requests here
+            # Then uvicorn stops accepting, finishes the requests in flight, and run() returns: exit code 0.
+            threading.Timer(DRAIN_SECONDS, setattr, (self, "should_exit", True)).start()
 
 
 if __name__ == "__main__":
-    main()
+    monitoring.log_json()  # lesson 06: every log line of the process as JSON, uvicorn's too (log_config=None)
+    # access_log=False: our line above replaces uvicorn's plain-text access line.
+    config = uvicorn.Config(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
+                            log_config=None, access_log=False)
+    DrainFirst(config).run()

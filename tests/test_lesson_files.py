@@ -1,0 +1,37 @@
+"""A later lesson's server that repeats an earlier one stays in step with it: the test pins the difference to the
+lines that are meant to differ, so an edit to lesson 02 that lesson 06 misses fails here, not in a learner's hands."""
+
+from course import LESSONS
+
+
+def code(path):
+    """A lesson file without its module docstring, as lines."""
+    text = (LESSONS / path).read_text()
+    return text[text.index('"""', 3) + 3:].splitlines()
+
+
+def test_lesson_06_rest_server_is_lesson_02_plus_its_monitoring():
+    lesson02, lesson06 = code("02-fastapi/app.py"), code("06-monitoring/app.py")
+    # What lesson 06 replaces: one import (it needs Response too), predict_rows' return (it observes first), and
+    # the start-up (JSON logs, uvicorn's own log config off).
+    assert [line for line in lesson02 if line not in lesson06] == [
+        "from fastapi.responses import JSONResponse",
+        "    return [Prediction(prediction=best, label=model.classes[best], probabilities=p)",
+        "            for best, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist())]",
+        "    # access_log=False: no log line per request, which is work on every request. Start-up, shutdown and",
+        "    # errors are still logged; lesson 06 adds metrics and structured request logs.",
+        "                            access_log=False)",
+    ]
+    # Everything else of lesson 02 is there, in lesson 02's order.
+    kept = [line for line in lesson02 if line in lesson06]
+    remaining = iter(lesson06)
+    assert all(line in remaining for line in kept), "lesson 06 has lesson 02's lines in another order"
+    assert len(kept) > 150
+    added = [line for line in lesson06 if line not in lesson02]
+    assert any("monitoring.REQUESTS" in line for line in added) and any("def metrics" in line for line in added)
+    assert "import_lesson" not in "\n".join(lesson06), "lesson 06 is a complete file, not a patch of lesson 02"
+
+
+def test_no_lesson_server_reaches_into_another_lessons_folder_at_run_time():
+    for path in ["02-fastapi/app.py", "06-monitoring/app.py", "03-grpc/server.py", "01-flask/app.py"]:
+        assert "sys.path.insert" not in (LESSONS / path).read_text(), path
