@@ -13,9 +13,9 @@ In a notebook:
 
 Authors add a question with:
 
-    python -m course.quiz add lessons/00-why-serve/quiz.json q1 --choice b --options a,b,c,d \
+    .venv/bin/python -m course.quiz add lessons/00-why-serve/quiz.json q1 --choice b --options a,b,c,d \
         --hint "..." --explanation "..."
-    python -m course.quiz add lessons/00-why-serve/quiz.json q2 --number 0.97 --decimals 2 ...
+    .venv/bin/python -m course.quiz add lessons/00-why-serve/quiz.json q2 --number 0.97 --decimals 2 ...
 """
 
 from __future__ import annotations

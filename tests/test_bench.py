@@ -92,7 +92,7 @@ def test_a_server_giving_another_answer_is_refused_before_it_is_measured(fastapi
 @pytest.mark.parametrize("tool", ["wrk", "loadgen.py"])
 def test_error_answers_are_counted_as_errors_not_as_fast_answers(fastapi, tool, tmp_path):
     if tool == "wrk" and not shutil.which("wrk"):
-        pytest.skip("wrk is not installed (Debian package wrk)")
+        pytest.skip("wrk is not installed: install wrk (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
     body = tmp_path / "empty.json"
     body.write_bytes(b"{}")  # four missing features: 422
     if tool == "wrk":

@@ -27,11 +27,28 @@ def run(*command, check=False, **options):
                           check=check, **options)
 
 
+# What each Debian package of build.sh's list provides, in words that hold on any system.
+TOOL_PACKAGES = {"default-jdk-headless": "java and javac (a JDK)", "protobuf-compiler": "protoc",
+                 "protobuf-compiler-grpc-java-plugin": "grpc_java_plugin (protoc's grpc-java plugin)"}
+
+
+def skip_reason(check_stderr):
+    """build.sh check's 'missing Debian packages: ...' as one line: what is missing, then what to install."""
+    packages = check_stderr.split("missing Debian packages:", 1)[1].splitlines()[0].split()
+    missing = [TOOL_PACKAGES[p] for p in packages if p in TOOL_PACKAGES]
+    if any(p not in TOOL_PACKAGES for p in packages):
+        missing.append("the gRPC Java jars")
+    return (f"{', '.join(missing)} {'is' if missing == ['protoc'] else 'are'} not installed, which the Java client "
+            f"needs: install them (Debian/Ubuntu: apt-get install {' '.join(packages)}; elsewhere: a JDK, protoc, "
+            "protoc-gen-grpc-java and the grpc-java jars, in the folder JAVA_JARS names: see "
+            "lessons/07-choosing/java/build.sh)")
+
+
 @pytest.fixture(scope="module")
 def java_client():
     missing = run("bash", BUILD_SH, "check")
     if missing.returncode == 3:
-        pytest.skip(missing.stderr.strip())
+        pytest.skip(skip_reason(missing.stderr))
     build = run("bash", BUILD_SH, "build")
     assert build.returncode == 0, build.stdout + build.stderr
 
@@ -96,3 +113,7 @@ def test_check_names_the_missing_debian_packages(tmp_path):
     for package in ("libgrpc-java", "libprotobuf-java", "libnetty-java", "libperfmark-java",
                     "libguava-java", "libgeronimo-annotation-1.3-spec-java"):
         assert package in result.stderr
+    # ...and the skip that follows says it in one line: what is missing, then what to install.
+    reason = skip_reason(result.stderr)
+    assert ("the gRPC Java jars are not installed, which the Java client needs: install them (Debian/Ubuntu: "
+            "apt-get install ") in reason and "\n" not in reason

@@ -13,7 +13,8 @@ from course.server import BackgroundServer, free_port, http_ready
 TOKEN = "course-test-token"
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed: install make "
+                    "(Debian/Ubuntu: apt-get install make; macOS: xcode-select --install)")
 def test_make_start_serves_jupyter_lab_on_the_lessons():
     dry_run = subprocess.run(["make", "-n", "start"], cwd=REPO, capture_output=True, text=True, check=True)
     # The recipe is one command split over lines with backslashes.

@@ -42,7 +42,8 @@ import model_pb2_grpc  # noqa: E402
 ROWS = load_iris().data.tolist()  # the 150 iris flowers, shipped with scikit-learn
 FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
-MISSING = "is not installed: install Debian's `prometheus` package (apt-get install prometheus)"
+MISSING = ("is not installed: install Prometheus, which ships prometheus and promtool (Debian/Ubuntu: apt-get install "
+           "prometheus; macOS: brew install prometheus; elsewhere: https://prometheus.io/download/)")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=f"promtool {MISSING}")
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason=f"prometheus {MISSING}")
 

@@ -12,8 +12,11 @@ When no image registry is reachable, Podman cannot pull python:3.11-slim. A stan
 once with debootstrap (Debian bookworm, whose python3 is 3.11 like the real image's) and kept in
 ~/.cache/serving-course/containers with the build cache, so only the first build is slow.
 
-    python lessons/04-docker/engine.py info             # which engine this machine has, and why
-    python lessons/04-docker/engine.py build http grpc  # what `make image` runs
+The first build needs the network: for the base image (a registry, or a Debian mirror for the stand-in)
+and for pip in the build. Offline, it stops with one line saying which. Later builds reuse the cache.
+
+    .venv/bin/python lessons/04-docker/engine.py info             # which engine this machine has, and why
+    .venv/bin/python lessons/04-docker/engine.py build http grpc  # what `make image` runs
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "python:3.11-slim"
@@ -67,8 +72,14 @@ class EngineMissing(RuntimeError):
     """This machine cannot build or run the images; the message says exactly what is missing."""
 
 
+class NeedsNetwork(RuntimeError):
+    """A build step had to download something and could not: one line says what, and why."""
+
+
 class CommandFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output  # all of it: the message keeps the end only
 
 
 def run(command: list[str], *, timeout: float = 120, check: bool = True, **options) -> subprocess.CompletedProcess:
@@ -76,7 +87,7 @@ def run(command: list[str], *, timeout: float = 120, check: bool = True, **optio
                             cwd=options.pop("cwd", REPO), **options)
     if check and result.returncode != 0:
         raise CommandFailed(f"`{' '.join(command)}` failed with exit code {result.returncode}:\n"
-                            f"{(result.stdout + result.stderr)[-4000:]}")
+                            f"{(result.stdout + result.stderr)[-4000:]}", result.stdout + result.stderr)
     return result
 
 
@@ -152,20 +163,21 @@ def detect() -> "Engine":
         answer = run([docker, "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30)
         if answer.returncode == 0:
             return Docker(docker)
-        docker_problem = f"`docker` is installed but no daemon answers ({answer.stderr.strip().splitlines()[0] if answer.stderr.strip() else 'docker info failed'})"
+        docker_problem = "Docker is installed but its daemon does not answer"
+        fix = "start Docker"
     else:
-        docker_problem = "`docker` is not installed"
+        docker_problem = "Docker is not installed"
+        fix = "install Docker (https://docs.docker.com/get-docker/)"
     missing = [tool for tool in ("podman", "buildah") if not shutil.which(tool)]
-    if missing:
+    if missing:  # one line, as the test summary shows it: what is missing, then what to install
         raise EngineMissing(
-            f"cannot build or run the image here: {docker_problem}, and the daemonless fallback needs "
-            f"{' and '.join(missing)} (not found on PATH). Install Docker (https://docs.docker.com/get-docker/) "
-            "and start it, or on Debian/Ubuntu: sudo apt-get install podman buildah debootstrap")
+            f"{docker_problem}, and neither is the daemonless fallback ({' and '.join(missing)} not found): "
+            f"{fix}, or on Linux install Podman and Buildah (Debian/Ubuntu: sudo apt-get install podman buildah "
+            "debootstrap; Fedora: sudo dnf install podman buildah)")
     if os.geteuid() != 0:
         raise EngineMissing(
-            f"cannot build or run the image here: {docker_problem}; podman and buildah are installed, but "
-            "this course's daemonless fallback runs them as root (chroot isolation, host network) and "
-            "this user is not root. Start Docker (or use rootless `podman build`/`podman run` by hand).")
+            f"{docker_problem}, and the daemonless fallback (podman and buildah, installed) runs them as root "
+            f"(chroot isolation, host network), which this user is not: {fix}, or run as root")
     return Podman()
 
 
@@ -176,10 +188,18 @@ class Engine:
         raise NotImplementedError
 
     def build(self, spec: ImageSpec) -> tuple[float, str]:
-        """Build the image (reusing cached layers); returns (seconds, the build's output)."""
+        """Build the image (reusing cached layers); returns (seconds, the build's output).
+
+        Raises NeedsNetwork when what failed was a download (the base image, or pip in the build)."""
         self.prepare()
         started = time.monotonic()
-        result = run(self.build_command(spec), timeout=1800)
+        try:
+            result = run(self.build_command(spec), timeout=1800)
+        except CommandFailed as failed:
+            needs = network_problem(failed.output, spec)
+            if needs:
+                raise NeedsNetwork(needs) from None
+            raise
         _built_by_this_process.add(spec.tag)
         return time.monotonic() - started, result.stdout + result.stderr
 
@@ -273,7 +293,14 @@ class Podman(Engine):
         if pulled.returncode == 0:
             return
         if not STANDIN_TAR.exists():
-            make_standin(STANDIN_TAR, reason=pulled.stderr.strip().splitlines()[-1:])
+            try:
+                make_standin(STANDIN_TAR, reason=pulled.stderr.strip().splitlines()[-1:])
+            except CommandFailed as failed:
+                cause = network_cause(pulled.stderr) or network_cause(failed.output)
+                if cause:
+                    raise NeedsNetwork(f"building the image needs network for the base image {BASE_IMAGE} (a "
+                                       f"registry, or a Debian mirror to make a local stand-in): {cause}") from None
+                raise
         run([*self.images_cli, "import", "--change", "ENV LANG=C.UTF-8", "--change", 'CMD ["python3"]',
              "--change", f"LABEL course.standin={STANDIN_VERSION}", str(STANDIN_TAR), BASE_IMAGE_FULL],
             timeout=600)
@@ -387,7 +414,8 @@ class DockerContainer(Container):
         return self._docker("exec", *flags, self.name, *command, check=False, timeout=timeout)
 
     def server_uid(self) -> int:
-        """The real user id of the server process (PID 1 in the container)."""
+        """The real user id of the server process (PID 1 in the container). Read inside the container, whose
+        kernel is Linux wherever Docker runs (Docker Desktop runs a Linux VM): nothing is read on the host."""
         status = self.exec(["cat", "/proc/1/status"]).stdout
         return int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
 
@@ -407,11 +435,14 @@ class BuildahContainer(Container):
     def __init__(self, engine, spec, name, port, started, env, process, log_path):
         super().__init__(engine, spec, name, port, started, env)
         self.process, self.log_path = process, log_path
+        self._final_logs: str | None = None  # once stopped, the log is kept here and its file deleted
 
     def running(self) -> bool:
         return self.process.poll() is None
 
     def logs(self) -> str:
+        if self._final_logs is not None:
+            return self._final_logs
         return self.log_path.read_text(errors="replace")
 
     def exec(self, command: list[str], env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -447,7 +478,9 @@ class BuildahContainer(Container):
                 except subprocess.TimeoutExpired:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     self.process.wait()
-            self.exit_code = _buildah_exit_code(self.process.returncode, self.logs())
+            self._final_logs = self.logs()
+            self.log_path.unlink(missing_ok=True)  # nothing left in the temp folder
+            self.exit_code = _buildah_exit_code(self.process.returncode, self._final_logs)
             run([*self.engine.buildah, "rm", self.name], check=False)
         return self.exit_code
 
@@ -472,7 +505,7 @@ def _remove_stale_containers(engine: Podman) -> None:
     listed = run([*engine.buildah, "containers", "--format", "{{.ContainerName}}"], check=False).stdout.split()
     for name in listed:
         match = re.fullmatch(r"course-\w+-(\d+)-\d+", name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
+        if match and not psutil.pid_exists(int(match.group(1))):
             run([*engine.buildah, "rm", name], check=False)
 
 
@@ -511,6 +544,48 @@ def _storage_driver() -> str:
     driver = "overlay" if works else "vfs"
     marker.write_text(driver + "\n")
     return driver
+
+
+# What a download that failed for want of a network looks like, in the output of pip, Docker, Podman and
+# debootstrap: (regex, what to say). The first one found is the cause shown.
+_OFFLINE_SIGNS = [
+    (r"Network is unreachable", "network is unreachable"),
+    (r"Temporary failure in name resolution|Name or service not known|nodename nor servname provided"
+     r"|no such host|server misbehaving|Could not resolve host", "the name does not resolve"),
+    (r"ProxyError|Unable to connect to proxy|proxyconnect", "the proxy does not answer"),
+    (r"No route to host", "no route to host"),
+    (r"Connection refused|connection refused", "connection refused"),
+    (r"i/o timeout|ConnectTimeout|Connection timed out|Read timed out", "timed out"),
+    (r"Failed getting release file", "debootstrap cannot reach the Debian mirror"),
+]
+_HOST = re.compile(r"host='([^']+)'|lookup ([\w.-]+)|https?://([\w.-]+)")
+
+
+def network_cause(output: str) -> str | None:
+    """'<host>: <what went wrong>' if this output shows a download that failed for want of a network."""
+    for pattern, said in _OFFLINE_SIGNS:
+        for line in output.splitlines():
+            if re.search(pattern, line, re.IGNORECASE):
+                host = _HOST.search(line)
+                return f"{next(g for g in host.groups() if g)}: {said}" if host else said
+    return None
+
+
+def network_problem(build_output: str, spec: ImageSpec) -> str | None:
+    """The one line to print when a build failed for want of a network (None when it failed for another reason)."""
+    cause = network_cause(build_output)
+    if cause is None:
+        return None
+    if re.search(r"failed to resolve source metadata|pinging container registry|initializing source docker:"
+                 r"|error pulling image|failed to do request", build_output):
+        what = f"the base image {BASE_IMAGE} (Docker Hub)"
+    else:
+        dockerfile = (REPO / spec.dockerfile).read_text()
+        requirements = re.search(r"lessons/04-docker/requirements[\w-]*\.txt", dockerfile)
+        what = f"pip to install {requirements.group() if requirements else 'the requirements'} (a package index)"
+        if ":" not in cause:  # pip's older versions do not name the host they could not reach
+            cause = f"{urllib.parse.urlparse(os.environ.get('PIP_INDEX_URL') or 'https://pypi.org').hostname}: {cause}"
+    return f"building the image needs network for {what}: {cause}"
 
 
 def pip_mounts() -> list[tuple[str, str]]:
@@ -608,7 +683,7 @@ def make_standin(tar_path: Path, reason: list[str] = ()) -> None:
 
 def _unmount_below(path: Path) -> None:
     """debootstrap mounts /proc and /sys inside the new system; never delete through a mount."""
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    mounts = [partition.mountpoint for partition in psutil.disk_partitions(all=True)]
     for mount in sorted((m for m in mounts if m.startswith(str(path) + "/")), reverse=True):
         run(["umount", "--lazy", mount], check=False)
 
@@ -621,17 +696,17 @@ def _main(argv: list[str]) -> int:
         return 2
     try:
         engine = detect()
-    except EngineMissing as missing:
-        print(missing, file=sys.stderr)
+        print(f"engine: {engine.describe()}")
+        if argv[0] == "build":
+            for kind in argv[1:] or ["http"]:
+                spec = IMAGES[kind]
+                print("$", " ".join(engine.build_command(spec)), flush=True)
+                seconds, _ = engine.build(spec)
+                size = engine.inspect(spec.tag)["size"]
+                print(f"built {spec.tag} in {seconds:.0f} s: {size / 1e6:.0f} MB")
+    except (EngineMissing, NeedsNetwork, CommandFailed) as problem:  # said in words, no traceback
+        print(problem, file=sys.stderr)
         return 1
-    print(f"engine: {engine.describe()}")
-    if argv[0] == "build":
-        for kind in argv[1:] or ["http"]:
-            spec = IMAGES[kind]
-            print("$", " ".join(engine.build_command(spec)), flush=True)
-            seconds, _ = engine.build(spec)
-            size = engine.inspect(spec.tag)["size"]
-            print(f"built {spec.tag} in {seconds:.0f} s: {size / 1e6:.0f} MB")
     return 0
 
 

@@ -14,7 +14,6 @@ all of them alike. The result is one row per target, the median over the rounds,
 import argparse
 import csv
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 from sklearn.datasets import load_iris
 
 from course import REPO
@@ -176,18 +176,23 @@ def check(target, server):
 # ---- Measuring ----
 
 def server_cpu_seconds(server):
-    """CPU time used so far by a server's processes (its process group: gunicorn's workers too). Linux only."""
-    if server is None or not Path("/proc/self/stat").exists():
+    """CPU time (user + system) used so far by a server's processes: the one started and every process it
+    started (gunicorn's workers, MLServer behind its script). psutil reads it on Linux, macOS and WSL alike."""
+    if server is None:
         return None
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        main = psutil.Process(server.pid)
+        processes = [main, *main.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    seconds = 0.0
+    for process in processes:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
             continue  # a process that just ended
-        if int(fields[2]) == server.pid:  # fields: state ppid pgrp ... utime(11) stime(12)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        seconds += times.user + times.system
+    return seconds
 
 
 def children_cpu_seconds():

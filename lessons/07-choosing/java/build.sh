@@ -74,12 +74,13 @@ build() {
         "$PROTOS/model.proto"
     find "$BUILD/generated" -name '*.java' > "$BUILD/sources.txt"
     echo "$HERE/PredictClient.java" >> "$BUILD/sources.txt"
-    javac -nowarn -d "$BUILD/classes" -cp "$(classpath)" @"$BUILD/sources.txt"
+    javac -J-XX:-UsePerfData -nowarn -d "$BUILD/classes" -cp "$(classpath)" @"$BUILD/sources.txt"
 }
 
 case "${1:-build}" in
     check) check ;;
     build) build ;;
-    run) shift; build; exec java -cp "$(classpath)" PredictClient "$@" ;;
+    # -XX:-UsePerfData: the JVM keeps no statistics file in /tmp/hsperfdata_$USER (nothing left behind).
+    run) shift; build; exec java -XX:-UsePerfData -cp "$(classpath)" PredictClient "$@" ;;
     *) echo "usage: $0 [check | build | run [--address host:port] [--timeout s] features...]" >&2; exit 64 ;;
 esac
