@@ -154,8 +154,8 @@ def assert_matches_model(answer, probabilities, model, kind):
     assert answer["label"] == model.classes[best]
     assert len(answer["probabilities"]) == len(model.classes)
     # The server is another process, answering one row where `expected` computed them all at once: another batch
-    # shape, and on another machine another OpenBLAS kernel. Measured with OPENBLAS_CORETYPE=Haswell, SkylakeX and
-    # Prescott on 20,000 rows up to 1e6: at most 5e-14 apart, so 1e-9 never flakes and still catches any real error.
+    # shape, and on another machine another OpenBLAS kernel. Measured with the Haswell, SkylakeX and Prescott kernels
+    # (forced in a shell, never in the tests) on 20,000 rows up to 1e6: at most 5e-14 apart, so 1e-9 never flakes and still catches any real error.
     # gRPC carries float32: 1e-5.
     tolerance = 1e-5 if kind == "grpc" else 1e-9
     assert answer["probabilities"] == pytest.approx(probabilities.tolist(), abs=tolerance)

@@ -24,7 +24,7 @@ def test_training_twice_gives_the_same_model(tmp_path):
     assert (first.estimator.predict(grid) == second.estimator.predict(grid)).all()
     # Each training ran in its own process. Where two processes can get different BLAS kernels (OpenBLAS picks one
     # per CPU), the last bits of the weights differ, and with them the artifact's bytes (so its sha256): measured
-    # with OPENBLAS_CORETYPE=Haswell, SkylakeX and Prescott, up to 1e-14 in probability. Randomness left in the
+    # with the Haswell, SkylakeX and Prescott kernels (forced in a shell), up to 1e-14 in probability. Randomness left in the
     # training would show as differences of 1e-3 and more.
     np.testing.assert_allclose(first.estimator.predict_proba(grid), second.estimator.predict_proba(grid),
                                rtol=0, atol=1e-12)
