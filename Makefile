@@ -31,10 +31,12 @@ model: $(MODEL)
 $(MODEL): models/train.py $(VENV)/.installed
 	$(BIN)/python models/train.py
 
-# gRPC stubs are generated from protos/model.proto and committed (tests check they are current).
+# gRPC stubs are generated from protos/model.proto into each lesson that serves it, and committed
+# (tests check they are current).
 protos: $(VENV)/.installed
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=lessons/03-grpc \
-		--pyi_out=lessons/03-grpc --grpc_python_out=lessons/03-grpc protos/model.proto
+	for lesson in lessons/03-grpc lessons/06-monitoring; do \
+		$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=$$lesson \
+			--pyi_out=$$lesson --grpc_python_out=$$lesson protos/model.proto || exit 1; done
 
 # Re-run every notebook in place so the committed outputs match the code.
 outputs: setup

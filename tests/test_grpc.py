@@ -326,9 +326,10 @@ def test_committed_stubs_are_generated_from_the_current_proto(tmp_path):
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}",
                     f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "protos/model.proto"],
                    cwd=REPO, check=True)
-    for name in ["model_pb2.py", "model_pb2_grpc.py", "model_pb2.pyi"]:
-        assert (tmp_path / name).read_bytes() == (LESSON / name).read_bytes(), \
-            f"lessons/03-grpc/{name} is out of date with protos/model.proto: run `make protos`"
+    for lesson in ["03-grpc", "06-monitoring"]:
+        for name in ["model_pb2.py", "model_pb2_grpc.py", "model_pb2.pyi"]:
+            assert (tmp_path / name).read_bytes() == (LESSONS / lesson / name).read_bytes(), \
+                f"lessons/{lesson}/{name} is out of date with protos/model.proto: run `make protos`"
 
 
 def test_solution_predicts_any_number_of_rows_in_batches(stub, model):

@@ -33,5 +33,22 @@ def test_lesson_06_rest_server_is_lesson_02_plus_its_monitoring():
 
 
 def test_no_lesson_server_reaches_into_another_lessons_folder_at_run_time():
-    for path in ["02-fastapi/app.py", "06-monitoring/app.py", "03-grpc/server.py", "01-flask/app.py"]:
+    for path in ["02-fastapi/app.py", "06-monitoring/app.py", "03-grpc/server.py", "06-monitoring/grpc_server.py",
+                 "01-flask/app.py"]:
         assert "sys.path.insert" not in (LESSONS / path).read_text(), path
+
+
+def test_lesson_06_grpc_server_is_lesson_03_plus_its_monitoring():
+    lesson03, lesson06 = code("03-grpc/server.py"), code("06-monitoring/grpc_server.py")
+    # What lesson 06 replaces: the interceptors (Metrics joins), and print() by JSON log lines.
+    assert [line for line in lesson03 if line not in lesson06] == [
+        "    server = grpc.aio.server(interceptors=[RefuseBadRequests()])",
+        "    print(f\"Serving {MODEL.metadata['name']} over gRPC on {host}:{port}\", flush=True)",
+        '        print(f"{signum.name}: finishing in-flight calls, then stopping", flush=True)',
+        '    print("Stopped", flush=True)',
+    ]
+    kept = [line for line in lesson03 if line in lesson06]
+    remaining = iter(lesson06)
+    assert all(line in remaining for line in kept), "lesson 06 has lesson 03's lines in another order"
+    added = "\n".join(line for line in lesson06 if line not in lesson03)
+    assert "class Metrics" in added and "start_http_server" in added and "import_lesson" not in added
