@@ -33,7 +33,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY models/iris.joblib models/iris.json models/
-COPY course/ course/
+COPY course/__init__.py course/model.py course/
 COPY lessons/04-docker/healthcheck.py lessons/04-docker/start_once.py lessons/04-docker/
 # The generated stubs come along: the server imports them from its own folder.
 COPY lessons/03-grpc/server.py lessons/03-grpc/model_pb2.py lessons/03-grpc/model_pb2_grpc.py lessons/03-grpc/
