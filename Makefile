@@ -62,8 +62,8 @@ clean:
 	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache
 
 # Lesson 04: build both images with Docker, or with Podman + Buildah where no Docker daemon runs
-# (lessons/04-docker/engine.py). The first build takes minutes and the network (base image, pip); the next
+# (course/containers.py). The first build takes minutes and the network (base image, pip); the next
 # ones take seconds, from the cache, offline too. Offline, a first build stops with one line saying what it needed.
 .PHONY: image
 image: setup
-	$(BIN)/python lessons/04-docker/engine.py build http grpc
+	$(BIN)/python -m course.containers build http grpc

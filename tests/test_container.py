@@ -1,7 +1,7 @@
 """Lesson 04: the images themselves, built and run for real.
 
 With Docker when its daemon answers, else with Podman (build) and Buildah (run), daemonless; see
-lessons/04-docker/engine.py. The first run builds a base-image stand-in and the images (minutes);
+course/containers.py. The first run builds a base-image stand-in and the images (minutes);
 later runs reuse ~/.cache/serving-course/containers and take seconds. On a machine with no
 container engine at all, the tests that need one are skipped with a message saying what is
 missing; the checks of the files themselves run everywhere.
@@ -20,7 +20,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sklearn.datasets import load_iris
 
-from course import REPO, import_lesson
+from course import REPO
+from course import containers as engine_module
 from course.server import start_server
 
 LESSON = REPO / "lessons" / "04-docker"
@@ -38,7 +39,6 @@ READY_WITHIN_SECONDS = 2.0
 SIZE_BUDGET_MB = {"http": 350, "grpc": 350}
 
 
-engine_module = import_lesson("04-docker/engine.py")
 IMAGES = engine_module.IMAGES
 
 

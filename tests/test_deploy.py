@@ -31,6 +31,7 @@ import requests
 import yaml
 
 from course import REPO, import_lesson
+from course import containers as engine_module
 from course.server import BackgroundServer, http_ready, start_server
 
 LESSON = REPO / "lessons" / "05-deploy"
@@ -40,7 +41,6 @@ KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version() + ".0"]
 ROW = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
 
 
-engine_module = import_lesson("04-docker/engine.py")
 
 
 def documents():

@@ -1,6 +1,6 @@
-"""Build and run this lesson's images on any machine: with Docker, or with no Docker daemon at all.
+"""Build and run lesson 04's images on any machine: with Docker, or with no Docker daemon at all.
 
-You do not need this file to follow the lesson: with Docker installed, the commands in the
+Course plumbing, not lesson material: with Docker installed, the commands in lesson 04's
 notebook are all you type. The tests and `make image` use it, so that the real image is built,
 started and called even where Docker cannot run (CI runners, sandboxes):
 
@@ -15,8 +15,8 @@ once with debootstrap (Debian bookworm, whose python3 is 3.11 like the real imag
 The first build needs the network: for the base image (a registry, or a Debian mirror for the stand-in)
 and for pip in the build. Offline, it stops with one line saying which. Later builds reuse the cache.
 
-    .venv/bin/python lessons/04-docker/engine.py info             # which engine this machine has, and why
-    .venv/bin/python lessons/04-docker/engine.py build http grpc  # what `make image` runs
+    .venv/bin/python -m course.containers info             # which engine this machine has, and why
+    .venv/bin/python -m course.containers build http grpc  # what `make image` runs
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
+from course import REPO
+
 BASE_IMAGE = "python:3.11-slim"
 BASE_IMAGE_FULL = "docker.io/library/python:3.11-slim"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serving-course" / "containers"
@@ -711,5 +712,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     sys.exit(_main(sys.argv[1:]))
