@@ -56,7 +56,7 @@ mlserver:
 # Fails if the FastAPI lesson server answers fewer single-row requests per second than MLServer.
 .PHONY: bench
 bench: setup mlserver
-	$(BIN)/python lessons/07-choosing/bench.py
+	$(BIN)/python -m course.bench
 
 clean:
 	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache

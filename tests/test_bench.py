@@ -1,4 +1,4 @@
-"""Lesson 07's benchmark (lessons/07-choosing/bench.py): its quick mode really measures every target,
+"""Lesson 07's benchmark (course/bench.py): its quick mode really measures every target,
 and what it writes is consistent with itself and with the model.
 
 One quick run (about 18 s: every lesson server started as a real process, each target checked against
@@ -8,14 +8,10 @@ the in-process model, then loaded for 1 s) is shared by the tests that read its 
 import csv
 import shutil
 import statistics
-import sys
 
 import pytest
 
-from course import REPO
-
-sys.path.insert(0, str(REPO / "lessons/07-choosing"))
-import bench  # noqa: E402
+from course import bench
 
 NETWORK = {(t.name, t.rows) for t in bench.targets() if t.server}
 EVERY_TARGET = {(t.name, t.rows) for t in bench.targets()}

@@ -1,7 +1,7 @@
 """A small closed-loop load generator, run by bench.py as its own process.
 
-    python lessons/07-choosing/loadgen.py http 127.0.0.1:8000 /predict body.json --concurrency 4 --seconds 2
-    python lessons/07-choosing/loadgen.py grpc 127.0.0.1:50051 Predict request.bin --concurrency 4 --seconds 2
+    python course/loadgen.py http 127.0.0.1:8000 /predict body.json --concurrency 4 --seconds 2
+    python course/loadgen.py grpc 127.0.0.1:50051 Predict request.bin --concurrency 4 --seconds 2
 
 prints one JSON line: {"requests": ..., "errors": ..., "seconds": ..., "p50_ms": ..., "p99_ms": ...}
 
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "03-grpc"))  # model_pb2, model_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lessons" / "03-grpc"))  # model_pb2, model_pb2_grpc
 
 
 def http_caller(address, path, body):

@@ -1,7 +1,7 @@
-"""Lesson 07: measure the ways of serving the iris model, on this machine, in one run.
+"""Lesson 07's benchmark (course plumbing): measure the ways of serving the iris model, on this machine, in one run.
 
-    python lessons/07-choosing/bench.py --quick     # about 20 s: what the notebook runs
-    python lessons/07-choosing/bench.py             # `make bench`: 5 rounds of 3 s, MLServer as a yardstick (~4 min)
+    python -m course.bench --quick     # about 20 s: what the notebook runs
+    python -m course.bench             # `make bench`: 5 rounds of 3 s, MLServer as a yardstick (~4 min)
 
 Every server is a real process on 127.0.0.1, started here and stopped at the end. Each target must
 first give the in-process model's answer (a fast wrong answer is worth nothing); then a load generator
