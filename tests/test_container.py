@@ -7,7 +7,6 @@ container engine at all, the tests that need one are skipped with a message sayi
 missing; the checks of the files themselves run everywhere.
 """
 
-import json
 import re
 import subprocess
 import sys
