@@ -43,14 +43,14 @@ outputs: setup
 	for nb in lessons/*/*.ipynb solutions/*/*.ipynb; do \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
 
-# Lesson 07: the Java gRPC client, built from Debian packages only (see .ci/run for the list).
+# Lesson 07: the Java gRPC client (lessons/07-choosing/java/), built from Debian packages only (see .ci/run).
 java: setup
-	lessons/07-choosing/java/build.sh
+	tools/java-client.sh
 	$(BIN)/python -m pytest tests/test_java_client.py
 
-# Lesson 07: MLServer in its own virtualenv (.cache/mlserver-venv), the yardstick of `make bench`.
+# Lessons 07 and 08: MLServer in its own virtualenv (.cache/mlserver-venv), the yardstick of `make bench`.
 mlserver:
-	lessons/07-choosing/mlserver/setup.sh
+	tools/mlserver/setup.sh
 
 # Lesson 07: every lesson server measured on this machine, with MLServer as the yardstick (about 4 minutes).
 # Fails if the FastAPI lesson server answers fewer single-row requests per second than MLServer.

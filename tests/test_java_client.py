@@ -1,7 +1,7 @@
 """Lesson 07: a Java client, built from protos/model.proto with Debian's gRPC packages, talks to the
 Python gRPC server of lesson 03 over a real channel and gets the in-process model's answer.
 
-Needs a JDK, protoc, grpc_java_plugin and the gRPC jars (lessons/07-choosing/java/build.sh check);
+Needs a JDK, protoc, grpc_java_plugin and the gRPC jars (tools/java-client.sh check);
 without them the tests skip and name the Debian packages to install.
 """
 
@@ -13,7 +13,7 @@ from sklearn.datasets import load_iris
 from course import REPO
 from course.server import free_port, grpc_ready, start_server
 
-BUILD_SH = REPO / "lessons/07-choosing/java/build.sh"
+BUILD_SH = REPO / "tools/java-client.sh"
 INVALID_ARGUMENT, DEADLINE_EXCEEDED, UNAVAILABLE = 3, 4, 14  # gRPC status numbers = the exit codes
 
 IRIS = load_iris().data
@@ -27,13 +27,13 @@ def run(*command, check=False, **options):
                           check=check, **options)
 
 
-# What each Debian package of build.sh's list provides, in words that hold on any system.
+# What each Debian package of tools/java-client.sh's list provides, in words that hold on any system.
 TOOL_PACKAGES = {"default-jdk-headless": "java and javac (a JDK)", "protobuf-compiler": "protoc",
                  "protobuf-compiler-grpc-java-plugin": "grpc_java_plugin (protoc's grpc-java plugin)"}
 
 
 def skip_reason(check_stderr):
-    """build.sh check's 'missing Debian packages: ...' as one line: what is missing, then what to install."""
+    """tools/java-client.sh check's 'missing Debian packages: ...' as one line: what is missing, then what to install."""
     packages = check_stderr.split("missing Debian packages:", 1)[1].splitlines()[0].split()
     missing = [TOOL_PACKAGES[p] for p in packages if p in TOOL_PACKAGES]
     if any(p not in TOOL_PACKAGES for p in packages):
@@ -41,7 +41,7 @@ def skip_reason(check_stderr):
     return (f"{', '.join(missing)} {'is' if missing == ['protoc'] else 'are'} not installed, which the Java client "
             f"needs: install them (Debian/Ubuntu: apt-get install {' '.join(packages)}; elsewhere: a JDK, protoc, "
             "protoc-gen-grpc-java and the grpc-java jars, in the folder JAVA_JARS names: see "
-            "lessons/07-choosing/java/build.sh)")
+            "tools/java-client.sh)")
 
 
 @pytest.fixture(scope="module")

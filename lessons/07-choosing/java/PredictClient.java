@@ -1,6 +1,6 @@
 // A Java client for the course's model service: the same protos/model.proto, another language.
 //
-//     lessons/07-choosing/java/build.sh run --address 127.0.0.1:50051 5.1 3.5 1.4 0.2
+//     tools/java-client.sh run --address 127.0.0.1:50051 5.1 3.5 1.4 0.2
 //
 // prints one line that a person or a script can read:
 //

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serve models/iris.joblib with MLServer, a production model server, over the V2 inference protocol.
 #
-#   lessons/07-choosing/mlserver/setup.sh                # once: MLServer's own virtualenv
+#   make mlserver                # once: MLServer's own virtualenv
 #   PORT=8080 lessons/07-choosing/mlserver/serve.sh
 #   curl -s 127.0.0.1:8080/v2/models/iris-classifier/infer -H 'content-type: application/json' \
 #        -d '{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}'
@@ -14,7 +14,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../../.." && pwd)"
 VENV="${MLSERVER_VENV:-$REPO/.cache/mlserver-venv}"
 if [ ! -x "$VENV/bin/mlserver" ]; then
-    echo "MLServer is not installed: run lessons/07-choosing/mlserver/setup.sh first" >&2
+    echo "MLServer is not installed: run make mlserver first" >&2
     exit 1
 fi
 

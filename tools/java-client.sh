@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Build and run the Java gRPC client with Debian's packages only (no Maven, no Gradle, no downloads).
 #
-#   lessons/07-choosing/java/build.sh check        # which Debian packages are missing? (exit 3 if any)
-#   lessons/07-choosing/java/build.sh              # protoc + javac into lessons/07-choosing/java/build/
-#   lessons/07-choosing/java/build.sh run --address 127.0.0.1:50051 5.1 3.5 1.4 0.2
+# Lesson 07's client is lessons/07-choosing/java/PredictClient.java; this script is its build.
+#
+#   tools/java-client.sh check        # which Debian packages are missing? (exit 3 if any)
+#   tools/java-client.sh              # protoc + javac into .cache/java-client/
+#   tools/java-client.sh run --address 127.0.0.1:50051 5.1 3.5 1.4 0.2
 #
 # The steps are the ones Maven's protobuf plugin would hide: generate Java from the .proto,
 # then compile our client against the generated code and the gRPC libraries.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "$0")" && pwd)"
-PROTOS="$(cd "$HERE/../../.." && pwd)/protos"
-BUILD="$HERE/build"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+HERE="$REPO/lessons/07-choosing/java"
+PROTOS="$REPO/protos"
+BUILD="$REPO/.cache/java-client"
 JARS="${JAVA_JARS:-/usr/share/java}"
 
 # The libraries a gRPC client needs, as Debian names their jars (unversioned symlinks, so an

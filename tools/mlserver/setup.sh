@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Create MLServer's own virtualenv (.cache/mlserver-venv) with the versions pinned next to this script.
+# Lessons 07 and 08 serve the course model with it (their mlserver/ folders hold its settings).
 #
-#   lessons/07-choosing/mlserver/setup.sh      # about a minute the first time, instant afterwards
+#   make mlserver      # runs this: about a minute the first time, instant afterwards
 #
 # Its own, because MLServer pins FastAPI, starlette and protobuf to versions the course's .venv
 # does not have; two virtualenvs are how two services with different dependencies share a machine.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(cd "$HERE/../../.." && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
 VENV="${MLSERVER_VENV:-$REPO/.cache/mlserver-venv}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
