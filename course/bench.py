@@ -30,13 +30,12 @@ import grpc
 import psutil
 from sklearn.datasets import load_iris
 
-from course import REPO
+from course import REPO, import_lesson
 from course.model import load_model
 from course.server import BackgroundServer, free_port, grpc_ready, http_ready, start_server
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "lessons/03-grpc"))
-import model_pb2  # noqa: E402  (generated from protos/model.proto, in lesson 03's folder)
+model_pb2 = import_lesson("03-grpc/model_pb2.py")  # generated from protos/model.proto
 
 MODEL = load_model()
 BATCH = 100        # rows per request in the batch measurements

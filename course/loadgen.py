@@ -16,12 +16,9 @@ import argparse
 import http.client
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lessons" / "03-grpc"))  # model_pb2, model_pb2_grpc
 
 
 def http_caller(address, path, body):
@@ -47,8 +44,9 @@ def grpc_caller(address, method, body):
     """All threads share one channel: gRPC multiplexes their calls over one HTTP/2 connection."""
     import grpc
 
-    import model_pb2
-    import model_pb2_grpc
+    from course import import_lesson
+    model_pb2 = import_lesson("03-grpc/model_pb2.py")
+    model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
 
     channel = grpc.insecure_channel(address)
     stub = model_pb2_grpc.ModelServiceStub(channel)

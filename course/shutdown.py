@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from course import LESSONS
+from course import import_lesson
 from course.model import load_model
 from course.server import BackgroundServer, free_port, grpc_ready, http_ready
 
@@ -105,11 +105,9 @@ def rest_client(server: BackgroundServer):
 
 
 def grpc_client(server: BackgroundServer):
-    if str(LESSONS / "03-grpc") not in sys.path:
-        sys.path.insert(0, str(LESSONS / "03-grpc"))  # the stubs there do `import model_pb2`
     import grpc
-    import model_pb2
-    import model_pb2_grpc
+    model_pb2 = import_lesson("03-grpc/model_pb2.py")
+    model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
 
     channel = grpc.insecure_channel(server.address)  # one channel for every call, as a real client keeps
     stub = model_pb2_grpc.ModelServiceStub(channel)

@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sklearn.datasets import load_iris
 
-from course import REPO
+from course import REPO, import_lesson
 from course import containers as engine_module
 from course.server import start_server
 
@@ -347,10 +347,9 @@ def test_the_image_holds_only_what_the_server_needs(api):
 
 def call_grpc(address, rows):
     """PredictBatch on these rows, and one bad Predict; returns (reply, the bad call's error)."""
-    sys.path.insert(0, str(REPO / "lessons" / "03-grpc"))
     import grpc
-    import model_pb2
-    import model_pb2_grpc
+    model_pb2 = import_lesson("03-grpc/model_pb2.py")
+    model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
 
     with grpc.insecure_channel(address) as channel:
         stub = model_pb2_grpc.ModelServiceStub(channel)

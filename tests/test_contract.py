@@ -16,7 +16,7 @@ import pytest
 import requests
 from sklearn.datasets import load_iris
 
-from course import LESSONS
+from course import LESSONS, import_lesson
 from course.server import BackgroundServer, free_port, grpc_ready, start_server
 
 REST = ["flask", "fastapi"]
@@ -114,10 +114,9 @@ class GrpcClient:
     """The same questions over gRPC: features as a list in metadata order, float32 on the wire."""
 
     def __init__(self, address, features):
-        sys.path.insert(0, str(LESSONS / "03-grpc"))
         import grpc
-        import model_pb2
-        import model_pb2_grpc
+        model_pb2 = import_lesson("03-grpc/model_pb2.py")
+        model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
         self.pb = model_pb2
         self.features = features
         self.stub = model_pb2_grpc.ModelServiceStub(grpc.insecure_channel(address))

@@ -6,7 +6,6 @@ answer's server is run and checked by solutions/02-fastapi/notebook.ipynb (nbval
 """
 
 import asyncio
-import importlib.util
 import json
 import re
 import shutil
@@ -16,7 +15,7 @@ import pytest
 import requests
 from sklearn.datasets import load_iris
 
-from course import LESSONS, REPO
+from course import LESSONS, REPO, import_lesson
 from course.server import BackgroundServer, ServerFailedToStart, free_port, start_server
 
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -152,9 +151,7 @@ def test_a_model_with_other_features_is_refused_at_start_up(tmp_path, model, mon
     shutil.copy(model.path, tmp_path / "other.joblib")
     (tmp_path / "other.json").write_text(json.dumps({**model.metadata, "features": ["a", "b", "c", "d"]}))
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "other.joblib"))
-    spec = importlib.util.spec_from_file_location("lesson02_app", LESSONS / "02-fastapi" / "app.py")
-    lesson = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lesson)
+    lesson = import_lesson("02-fastapi/app.py")  # its lifespan reads MODEL_PATH when it starts, not at import
 
     async def start_up():
         async with lesson.lifespan(lesson.app):

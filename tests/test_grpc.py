@@ -4,7 +4,6 @@ Every expected prediction comes from the in-process model, fed the same float32 
 wire carries. Exact error details are pinned: they are part of the contract a client reads.
 """
 
-import importlib.util
 import math
 import signal
 import socket
@@ -23,27 +22,19 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from google.protobuf.descriptor_pool import DescriptorPool
 from sklearn.datasets import load_iris
 
-from course import LESSONS, REPO
+from course import LESSONS, REPO, import_lesson
 from course.server import ServerFailedToStart, grpc_ready, start_server
 
 LESSON = LESSONS / "03-grpc"
 SERVER = "lessons/03-grpc/server.py"
-sys.path.insert(0, str(LESSON))
-import model_pb2  # noqa: E402
-import model_pb2_grpc  # noqa: E402
+model_pb2 = import_lesson("03-grpc/model_pb2.py")
+model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
 
 FEATURES = "sepal_length, sepal_width, petal_length, petal_width"
 ROWS = load_iris().data.tolist()  # the 150 iris flowers, shipped with scikit-learn
 
 
-def load_module(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-client = load_module("grpc_lesson_client", LESSON / "client.py")
+client = import_lesson("03-grpc/client.py")
 
 
 def expected(model, rows):
@@ -326,14 +317,14 @@ def test_committed_stubs_are_generated_from_the_current_proto(tmp_path):
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}",
                     f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "protos/model.proto"],
                    cwd=REPO, check=True)
-    for lesson in ["03-grpc", "06-monitoring"]:
+    for lesson in ["03-grpc", "06-monitoring", "10-security"]:
         for name in ["model_pb2.py", "model_pb2_grpc.py", "model_pb2.pyi"]:
             assert (tmp_path / name).read_bytes() == (LESSONS / lesson / name).read_bytes(), \
                 f"lessons/{lesson}/{name} is out of date with protos/model.proto: run `make protos`"
 
 
 def test_solution_predicts_any_number_of_rows_in_batches(stub, model):
-    predict_many = load_module("grpc_lesson_solution", REPO / "solutions/03-grpc/batching.py").predict_many
+    predict_many = import_lesson("solutions/03-grpc/batching.py").predict_many
     rows = [ROWS[i % len(ROWS)] for i in range(2500)]  # three calls: 1000 + 1000 + 500
     assert_replies_match(model, predict_many(stub, rows, timeout=10), rows)
     assert predict_many(stub, [], timeout=1) == []

@@ -16,7 +16,6 @@ Hypothesis ignores --hypothesis-seed).
 import contextlib
 import signal
 import struct
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,12 +30,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_iris
 
-from course import LESSONS
+from course import import_lesson
 from course.server import free_port, grpc_ready, start_server
 
-sys.path.insert(0, str(LESSONS / "03-grpc"))
-import model_pb2  # noqa: E402
-import model_pb2_grpc  # noqa: E402
+model_pb2 = import_lesson("03-grpc/model_pb2.py")
+model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
 
 ROWS = load_iris().data.tolist()
 GOOD = [5.1, 3.5, 1.4, 0.2]

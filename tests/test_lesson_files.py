@@ -1,7 +1,9 @@
 """A later lesson's server that repeats an earlier one stays in step with it: the test pins the difference to the
 lines that are meant to differ, so an edit to lesson 02 that lesson 06 misses fails here, not in a learner's hands."""
 
-from course import LESSONS
+from pathlib import Path
+
+from course import LESSONS, REPO
 
 
 def code(path):
@@ -52,3 +54,20 @@ def test_lesson_06_grpc_server_is_lesson_03_plus_its_monitoring():
     assert all(line in remaining for line in kept), "lesson 06 has lesson 03's lines in another order"
     added = "\n".join(line for line in lesson06 if line not in lesson03)
     assert "class Metrics" in added and "start_http_server" in added and "import_lesson" not in added
+
+
+def test_lesson_files_are_imported_one_way_under_one_name():
+    """`course.import_lesson` is the only loader of lesson and solution files (tests, notebooks, solutions, course/):
+    no second loader that would run a lesson module again under another name, no `sys.path` edits. The exception is
+    start_once.py, which runs inside the image with the standard library only, as a learner's script would."""
+    allowed = {REPO / "course/__init__.py", LESSONS / "04-docker/start_once.py"}
+    offenders = []
+    for folder in ("lessons", "solutions", "tests", "course", "tools"):
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix not in {".py", ".ipynb"} or path.name.endswith(("_pb2.py", "_pb2_grpc.py")) \
+                    or path in allowed or path == Path(__file__) or ".ipynb_checkpoints" in path.parts:
+                continue
+            text = path.read_text()
+            offenders += [f"{path.relative_to(REPO)}: {needle}" for needle in
+                          ("spec_from_file_location", "sys.path.insert", "sys.path.append") if needle in text]
+    assert not offenders, offenders

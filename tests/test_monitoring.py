@@ -6,13 +6,11 @@ use Debian's `prometheus` package for real: promtool checks the shipped files an
 and a Prometheus server scrapes both lesson servers. Without the package those tests skip, saying so.
 """
 
-import importlib.util
 import json
 import math
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -28,16 +26,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from course import LESSONS, REPO
+from course import LESSONS, import_lesson
 from course.model import sha256_of
 from course.server import BackgroundServer, free_port, grpc_ready, http_ready, start_server
 
 LESSON = LESSONS / "06-monitoring"
 REST = "lessons/06-monitoring/app.py"
 GRPC = "lessons/06-monitoring/grpc_server.py"
-sys.path.insert(0, str(LESSONS / "03-grpc"))
-import model_pb2  # noqa: E402
-import model_pb2_grpc  # noqa: E402
+model_pb2 = import_lesson("03-grpc/model_pb2.py")
+model_pb2_grpc = import_lesson("03-grpc/model_pb2_grpc.py")
 
 ROWS = load_iris().data.tolist()  # the 150 iris flowers, shipped with scikit-learn
 FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -84,10 +81,7 @@ def outside_training_range(model, rows):
 
 
 def load_solution():
-    spec = importlib.util.spec_from_file_location("lesson06_quantile", REPO / "solutions/06-monitoring/quantile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_lesson("solutions/06-monitoring/quantile.py")
 
 
 def as_json(row):

@@ -10,7 +10,6 @@ Gateway flavours: HTTP APIs (payload format 2.0) and REST APIs (format 1.0), and
 """
 
 import atexit
-import importlib.util
 import json
 import sys
 from contextlib import ExitStack
@@ -19,12 +18,11 @@ from pathlib import Path
 from mangum import Mangum
 from mangum.protocols import LifespanCycle
 
-# In a deployment package, app.py sits beside this file and this is `from app import app`.
-# In the course it lives in lesson 02's folder, so it is loaded from there by path.
-APP_FILE = Path(__file__).resolve().parent.parent / "02-fastapi" / "app.py"
-spec = importlib.util.spec_from_file_location("fastapi_app", APP_FILE)
-fastapi_app = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fastapi_app)
+from course import import_lesson
+
+# In a deployment package, app.py sits beside this file and this is `import app as fastapi_app`.
+# In the course it lives in lesson 02's folder, and the course's helper loads it from there.
+fastapi_app = import_lesson("02-fastapi/app.py")
 
 # Lambda imports this module once per container (its "init phase"), then calls `handler` for every
 # request the container gets. So the app's start-up, which loads and checks the model, runs here, once:

@@ -6,13 +6,11 @@ PredictBatch takes 1 to 1000 instances, so a longer list is cut into batches of 
 wants an answer (or an error) within 5 seconds, however many batches that takes.
 """
 
-import sys
 import time
 
-from course import LESSONS
+from course import import_lesson
 
-sys.path.insert(0, str(LESSONS / "03-grpc"))  # where the generated model_pb2 lives
-import model_pb2  # noqa: E402
+model_pb2 = import_lesson("03-grpc/model_pb2.py")  # generated from protos/model.proto
 
 MAX_BATCH = 1000  # the server's limit: more in one call is INVALID_ARGUMENT
 
