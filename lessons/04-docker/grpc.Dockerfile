@@ -13,13 +13,11 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps --no-compile -r /opt/requirements.txt \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
-# binutils (for strip) is not pinned, for the reason given in ./Dockerfile.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install --yes --no-install-recommends binutils \
-    && rm -rf /var/lib/apt/lists/*
-COPY lessons/04-docker/slim_venv.py /opt/
-RUN python /opt/slim_venv.py /opt/venv
+# The test suites and C sources go, as in ./Dockerfile.
+RUN find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
+    && find /opt/venv -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.c' \
+         -o -name '*.cpp' -o -name '*.h' -o -name '*.hpp' -o -name '*.a' -o -name '*.pyi' \) -delete \
+    && du -sh /opt/venv
 
 FROM python:3.11-slim
 RUN useradd --system -l --uid 10001 --no-create-home --shell /usr/sbin/nologin app
