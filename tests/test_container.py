@@ -382,7 +382,7 @@ def test_it_listens_on_the_port_it_is_given_like_cloud_run_requires(api):
 def test_the_image_holds_only_what_the_server_needs(api):
     listing = api.exec(["find", "/app", "-type", "f", "-not", "-path", "*/__pycache__/*"]).stdout.split()
     files = sorted(path.removeprefix("/app/") for path in listing)
-    assert files == ["course/__init__.py", "course/model.py",
+    assert files == ["course/__init__.py", "course/errors.py", "course/model.py",
                      "lessons/02-fastapi/app.py", "lessons/04-docker/healthcheck.py",
                      "lessons/04-docker/start_once.py", "models/iris.joblib", "models/iris.json"]
     no_pip = api.exec(["python", "-m", "pip", "--version"])

@@ -7,24 +7,20 @@ The same contract as lesson 01's Flask app (same routes, same JSON, same status 
 error text), but pydantic does the checking that Flask made us write by hand.
 """
 
-import json
 import os
 import threading
 from contextlib import asynccontextmanager
 from operator import attrgetter
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from course.errors import ERRORS, LimitBody, add_error_handlers
 from course.model import load_model
 
-MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
 # Any finite float is a number, but near 1e308 the model's scaling overflows and it answers NaN.
 # A million centimetres (10 km) is no flower either, so values must lie within +-LIMIT.
@@ -60,17 +56,6 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction] = Field(description="One prediction per instance, in the same order")
 
 
-class Error(BaseModel):
-    detail: str = Field(description="What is wrong with the request", examples=["petal_width: missing"])
-
-
-# Documented in /docs; 422 replaces FastAPI's list of errors, because every error here is one sentence.
-ERRORS = {400: {"model": Error, "description": "The body is empty or not JSON"},
-          413: {"model": Error, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
-          415: {"model": Error, "description": "The body is not sent as Content-Type: application/json"},
-          422: {"model": Error, "description": "The JSON is not what the model needs; the sentence names the field"}}
-
-
 ml = {}  # filled once at start-up, read by every request
 
 
@@ -89,29 +74,9 @@ async def lifespan(app: FastAPI):
 
 # FastAPI's own /docs page loads Swagger UI from a CDN, and is blank offline; FastAPIOffline serves those files itself.
 app = FastAPIOffline(title="Iris classifier", version="1.0.0", lifespan=lifespan)
-
-
-class LimitBody:
-    """ASGI middleware: stop reading a body past MAX_BODY_BYTES and answer 413 (JSON, like every error)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:
-                raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-app.add_middleware(LimitBody)
+app.add_middleware(LimitBody)  # 413 for a body over 1 MiB, while it arrives
+# 415, 400 and 422 as lesson 01 answers them: one sentence naming the problem (the notebook shows why).
+add_error_handlers(app, Features, limit=LIMIT, max_batch=MAX_BATCH)
 
 
 def predict_rows(rows: list) -> list[Prediction]:
@@ -147,73 +112,6 @@ def predict_batch(batch: BatchRequest) -> BatchPrediction:
     # A plain `def` runs in a worker thread: up to 1000 rows, and other requests are served meanwhile.
     row = ml["row"]
     return BatchPrediction(predictions=predict_rows([row(x) for x in batch.instances]))
-
-
-def is_json(content_type: str) -> bool:
-    mime = content_type.partition(";")[0].strip().lower()
-    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
-
-
-def a(value) -> str:
-    """The JSON type of a value, as the error sentences name it."""
-    kinds = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
-    return kinds.get(type(value), "a number")
-
-
-def sentence(error: dict, batch: bool) -> str:
-    """One pydantic error as the sentence lesson 01 writes by hand, e.g. "instances[2].petal_width: missing"."""
-    loc = error["loc"][1:]  # without "body"
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "body"
-    fields = ", ".join(["instances"] if batch and len(loc) == 1 else Features.model_fields)
-    value, kind = error["input"], error["type"]
-    if kind in ("model_attributes_type", "model_type"):
-        return f"{field}: expected an object, got {a(value)}"
-    if kind == "string_unicode":  # a key such as "\\ud800": JSON can write it, but it is no text
-        return f"{field}: a key is not valid Unicode"
-    if kind == "missing":
-        return f"{field}: missing; expected {fields}"
-    if kind == "extra_forbidden":
-        return f"{field}: unknown field; expected {fields}"
-    if kind == "float_type" and a(value) != "a number":  # a number here is an integer too big for a float
-        return f"{field}: expected a number, got {a(value)}"
-    if kind in ("float_type", "finite_number", "greater_than_equal", "less_than_equal"):
-        return f"{field}: expected a number from {-LIMIT:,.0f} to {LIMIT:,.0f}, got {value}"
-    if kind == "list_type":
-        return f"{field}: expected an array, got {a(value)}"
-    if kind in ("too_short", "too_long"):
-        return f"{field}: expected 1 to {MAX_BATCH} items, got {len(value)}"
-    return f"{field}: {error['msg']}"
-
-
-class Sentence(JSONResponse):
-    def render(self, content) -> bytes:
-        # ASCII JSON: a lone surrogate that a client sent ("\\ud800" as a key) is escaped instead of failing as a 500.
-        return json.dumps(content).encode()
-
-
-@app.exception_handler(RequestValidationError)
-async def invalid_request(request: Request, exc: RequestValidationError):
-    # pydantic calls every mistake 422. Like lesson 01, three of them are not about the fields:
-    content_type = request.headers.get("content-type", "")
-    if not is_json(content_type):  # then FastAPI did not parse the body as JSON (strict_content_type)
-        return Sentence({"detail": f"expected Content-Type: application/json, got {content_type or 'none'}"}, 415)
-    error = exc.errors()[0]
-    if error["type"] == "json_invalid":
-        return Sentence({"detail": f"the body is not valid JSON: {error['ctx']['error']}"}, 400)
-    if error["type"] == "missing" and error["loc"] == ("body",):
-        return Sentence({"detail": "the body is empty; send a JSON object"}, 400)
-    # The first mistake, as a sentence: never the client's input echoed back (it can be huge, or not even text).
-    return Sentence({"detail": sentence(error, batch=request.url.path.endswith("/batch"))}, 422)
-
-
-@app.exception_handler(StarletteHTTPException)  # the class FastAPI raises, and registers its own handler for
-async def unparsable_body(request: Request, exc: StarletteHTTPException):
-    # FastAPI answers "There was an error parsing the body" when json.loads fails with something other than a
-    # syntax error: bytes that are not UTF-8, [[[[...]]]] nested 10,000 deep, an integer of 5,000 digits.
-    if exc.status_code == 400 and exc.__cause__ is not None:
-        reason = "nested too deeply" if isinstance(exc.__cause__, RecursionError) else exc.__cause__
-        return Sentence({"detail": f"the body is not valid JSON: {reason}"}, 400)
-    return await http_exception_handler(request, exc)
 
 
 class DrainFirst(uvicorn.Server):

@@ -31,7 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 # Was: everything, .venv and notebooks included. Now only what the server reads.
 COPY models/iris.joblib models/iris.json models/
-COPY course/__init__.py course/model.py course/
+COPY course/__init__.py course/errors.py course/model.py course/
 COPY lessons/02-fastapi/app.py lessons/02-fastapi/
 USER 10001:10001
 EXPOSE 8000
