@@ -3,10 +3,9 @@
     python lessons/06-monitoring/app.py     # http://127.0.0.1:8000 (env HOST, PORT, MODEL_PATH, LOG_FEATURES)
     curl http://127.0.0.1:8000/metrics
 
-Routes, validation and errors are lesson 02's, line for line (a test keeps them in step); what this file adds
-is marked "lesson 06". Every request gets one log line with a request id, taken from the X-Request-ID header or
-made up, and echoed in the response's X-Request-ID header, so a client's complaint leads to the server's line.
-The metrics themselves, shared with grpc_server.py, are defined in monitoring.py.
+Routes, validation and errors are lesson 02's, line for line (a test keeps them in step); what this file adds is
+marked "lesson 06". Every request gets one JSON log line with a request id (the X-Request-ID header's, or a new one),
+echoed in the response, so a client's complaint leads to the server's line. monitoring.py defines the metrics.
 """
 
 import logging
