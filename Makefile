@@ -31,12 +31,14 @@ model: $(MODEL)
 $(MODEL): models/train.py $(VENV)/.installed
 	$(BIN)/python models/train.py
 
-# gRPC stubs are generated from protos/model.proto into each lesson that serves it, and committed
-# (tests check they are current).
+# gRPC stubs are generated from protos/model.proto into each lesson that serves it, and from protos/inference.proto
+# (the Open Inference Protocol) into lesson 08, and committed (tests check they are current).
 protos: $(VENV)/.installed
 	for lesson in lessons/03-grpc lessons/06-monitoring; do \
 		$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=$$lesson \
 			--pyi_out=$$lesson --grpc_python_out=$$lesson protos/model.proto || exit 1; done
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=lessons/08-open-inference \
+		--pyi_out=lessons/08-open-inference --grpc_python_out=lessons/08-open-inference protos/inference.proto
 
 # Re-run every notebook in place so the committed outputs match the code.
 outputs: setup
@@ -53,7 +55,8 @@ mlserver:
 	tools/mlserver/setup.sh
 
 # Lesson 07: every lesson server measured on this machine, with MLServer as the yardstick (about 4 minutes).
-# Fails if the FastAPI lesson server answers fewer single-row requests per second than MLServer.
+# Fails if the FastAPI lesson server, or lesson 08's V2 REST server, answers fewer single-row requests per second
+# than MLServer.
 .PHONY: bench
 bench: setup mlserver
 	$(BIN)/python -m course.bench

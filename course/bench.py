@@ -72,6 +72,11 @@ def read_v2(answer):
     return [data[i:i + 3] for i in range(0, len(data), 3)]
 
 
+def read_v2_probabilities(answer):  # lesson 08's V2 server answers every output: predict, probabilities, label
+    data = next(o for o in json.loads(answer)["outputs"] if o["name"] == "probabilities")["data"]
+    return [data[i:i + 3] for i in range(0, len(data), 3)]
+
+
 def protobuf(rows):  # lesson 03: PredictRequest, or PredictBatchRequest holding many of them
     if len(rows) == 1:
         return model_pb2.PredictRequest(features=rows[0]).SerializeToString()
@@ -113,7 +118,9 @@ def targets(mlserver=False):
     mine.append(Target("FastAPI async def", "fastapi", "/predict", 1, rest(one), read_rest))
     if mlserver:  # right after FastAPI's single rows, so that the two are measured back to back
         infer = "/v2/models/iris-classifier/infer"
-        mine += [Target("MLServer (V2)", "mlserver", infer, 1, v2(one), read_v2),
+        # Lesson 08's V2 REST server, the same JSON body, next to MLServer's single rows (the issue: at least as fast).
+        mine += [Target("Lesson 08 V2 REST", "lesson08", "/v2/models/iris/infer", 1, v2(one), read_v2_probabilities),
+                 Target("MLServer (V2)", "mlserver", infer, 1, v2(one), read_v2),
                  Target("MLServer (V2)", "mlserver", infer, BATCH, v2(many), read_v2)]
     mine += [Target("FastAPI async def", "fastapi", "/variants/predict/batch", BATCH, rest(many), read_rest),
              Target("FastAPI def", "fastapi", "/variants/predict", 1, rest(one), read_rest),
@@ -145,8 +152,9 @@ SERVERS = {
     # grpcio: one process, a pool of 10 threads. No drain on stop: nobody is calling any more.
     "grpc": lambda: start_server("lessons/03-grpc/server.py", ready=grpc_ready, env={"DRAIN_SECONDS": "0"}),
     "mlserver": start_mlserver,                                 # uvicorn + uvloop, one process (parallel_workers 0)
+    "lesson08": lambda: start_server("lessons/08-open-inference/rest_server.py", ready=http_ready("/v2/health/ready")),
 }
-PROCESSES = {"": 1, "flask": 1, "gunicorn": 2, "fastapi": 1, "grpc": 1, "mlserver": 1}
+PROCESSES = {"": 1, "flask": 1, "gunicorn": 2, "fastapi": 1, "grpc": 1, "mlserver": 1, "lesson08": 1}
 
 
 def send_once(target, server):
@@ -393,13 +401,13 @@ def plot(rows, path=None):
     return fig
 
 
-def mlserver_verdict(measurements):
-    """FastAPI's single-row requests/s over MLServer's, per round (measured back to back), and the median."""
+def mlserver_verdict(measurements, mine="FastAPI async def"):
+    """`mine`'s single-row requests/s over MLServer's, per round (measured back to back), and the median."""
     def rate(target, round_number):
         m = next(m for m in measurements if m["target"] == target and m["rows_per_request"] == 1
                  and m["round"] == round_number)
         return m["requests"] / m["seconds"]
-    ratios = [rate("FastAPI async def", r) / rate("MLServer (V2)", r)
+    ratios = [rate(mine, r) / rate("MLServer (V2)", r)
               for r in sorted({m["round"] for m in measurements})]
     return statistics.median(ratios), ratios
 
@@ -434,6 +442,13 @@ def main(argv=None):
         print("FAIL: the FastAPI lesson server is slower than MLServer on this machine")
         return 1
     print("OK: the FastAPI lesson server is at least as fast as MLServer")
+    ratio, ratios = mlserver_verdict(results.rounds, "Lesson 08 V2 REST")
+    print(f"\nLesson 08 V2 REST / MLServer, single rows, the same V2 JSON body, requests/s per round: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}")
+    if ratio < 1:
+        print("FAIL: the lesson 08 V2 REST server is slower than MLServer on this machine")
+        return 1
+    print("OK: the lesson 08 V2 REST server is at least as fast as MLServer")
     return 0
 
 

@@ -70,6 +70,9 @@ LESSON_OF_TEST_FILE = {
     "test_grpc.py": "03", "test_grpc_attacks.py": "03", "test_attacks_rest.py": "00-02, 06",
     "test_container.py": "04", "test_deploy.py": "05", "test_shutdown.py": "05", "test_monitoring.py": "06",
     "test_bench.py": "07", "test_java_client.py": "07", "test_make_start.py": "all",
+    "test_security.py": "10", "test_security_attacks.py": "10",
+    "test_open_inference.py": "08", "test_open_inference_conformance.py": "08",
+    "test_throughput.py": "09", "test_ray_serve.py": "09",
 }
 
 
