@@ -34,7 +34,7 @@ $(MODEL): models/train.py $(VENV)/.installed
 # gRPC stubs are generated from protos/model.proto into each lesson that serves it, and from protos/inference.proto
 # (the Open Inference Protocol) into lesson 08, and committed (tests check they are current).
 protos: $(VENV)/.installed
-	for lesson in lessons/03-grpc lessons/06-monitoring; do \
+	for lesson in lessons/03-grpc lessons/06-monitoring lessons/10-security; do \
 		$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=$$lesson \
 			--pyi_out=$$lesson --grpc_python_out=$$lesson protos/model.proto || exit 1; done
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=lessons/08-open-inference \
