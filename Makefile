@@ -54,12 +54,18 @@ java: setup
 mlserver:
 	tools/mlserver/setup.sh
 
+# Lesson 09: Ray Serve in its own virtualenv (.cache/ray-venv; a few minutes and ~700 MB the first time).
+.PHONY: ray
+ray:
+	tools/ray/setup.sh
+
 # Lesson 07: every lesson server measured on this machine, with MLServer as the yardstick (about 4 minutes).
 # Fails if the FastAPI lesson server, or lesson 08's V2 REST server, answers fewer single-row requests per second
 # than MLServer.
 .PHONY: bench
 bench: setup mlserver
 	$(BIN)/python -m course.bench
+	$(BIN)/python -m course.bench_throughput
 
 clean:
 	rm -rf $(VENV) models/*.joblib models/*.json .pytest_cache
