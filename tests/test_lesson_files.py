@@ -72,3 +72,14 @@ def test_lesson_files_are_imported_one_way_under_one_name():
             offenders += [f"{path.relative_to(REPO)}: {needle}" for needle in
                           ("spec_from_file_location", "sys.path.insert", "sys.path.append") if needle in text]
     assert not offenders, offenders
+
+
+def test_lesson_09_builds_on_lesson_02_without_changing_it():
+    """Lesson 09's server imports lesson 02's app and registers its pieces on an app of its own; it never assigns to
+    lesson 02's module (the run-time patching lesson 06 used to do)."""
+    import re
+    for path in ["09-throughput/server.py", "09-throughput/ray_app.py"]:
+        text = (LESSONS / path).read_text()
+        assert 'import_lesson("02-fastapi/app.py")' in text
+        assert not re.search(r"^\s*api\.[\w.\[\]\"']+\s*=[^=]", text, re.M), path
+        assert "setattr(api" not in text, path
