@@ -72,7 +72,7 @@ LESSON_OF_TEST_FILE = {
     "test_bench.py": "07", "test_java_client.py": "07", "test_make_start.py": "all",
     "test_security.py": "10", "test_security_attacks.py": "10",
     "test_open_inference.py": "08", "test_open_inference_conformance.py": "08",
-    "test_throughput.py": "09", "test_ray_serve.py": "09",
+    "test_throughput.py": "09", "test_ray_serve.py": "09", "test_attacks_lessons_08_10.py": "08, 10",
 }
 
 

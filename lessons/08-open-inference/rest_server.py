@@ -19,11 +19,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 import v2
 
 MAX_BODY_BYTES = 1024 * 1024  # 1000 rows of JSON take about 100 kB
 DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "1"))  # readiness false this long after SIGTERM, then drain
+GRACE_SECONDS = 5  # then the requests still running are cancelled: a client stalled mid-body held the stop forever
 BINARY_HEADER = "inference-header-content-length"  # the binary extension: how many bytes of the body are JSON
 state = {"draining": False}
 # No /docs: the contract is the published protocol, which a generated schema of `Request` routes would not show.
@@ -38,8 +40,8 @@ class JSON(Response):
         return json.dumps(content).encode()
 
 
-def error(status: int, message: str) -> JSON:
-    return JSON({"error": message}, status)  # the protocol's error object
+def error(status: int, message: str, headers=None) -> JSON:
+    return JSON({"error": message}, status, headers)  # the protocol's error object
 
 
 @app.exception_handler(v2.BadRequest)
@@ -54,7 +56,8 @@ async def not_found(request: Request, exc: v2.NotFound):
 
 @app.exception_handler(HTTPException)  # unknown paths (404) and methods (405): the protocol's error object too
 async def http_error(request: Request, exc: HTTPException):
-    return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+    # exc.headers: a 405's Allow, the methods the path takes (RFC 9110 requires it; Schemathesis checks it)
+    return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", exc.headers)
 
 
 @app.get("/v2")
@@ -112,7 +115,11 @@ def read_input(request: dict, binary: bytes):
         raise v2.BadRequest(f"{where}shape: expected a list of integers, got {shape}")
     size = field(tensor, "parameters", dict, where, {}).get("binary_data_size")
     if size is None:
-        return v2.rows_from(name, datatype, shape, field(tensor, "data", list, where))
+        data = field(tensor, "data", list, where)
+        rows = v2.rows_from(name, datatype, shape, data)  # so data is flat or [n, 4]: two levels at most
+        if any(v is True or v is False or isinstance(v, list) and bool in map(type, v) for v in data):
+            raise v2.BadRequest(f"{where}data must be numbers, as a flat or nested list")  # numpy read true as 1
+        return rows
     if not isinstance(size, int) or size != len(binary):
         raise v2.BadRequest(f"{where}binary_data_size is {size}, but {len(binary)} bytes follow the JSON")
     return v2.rows_from(name, datatype, shape, binary)
@@ -136,12 +143,16 @@ async def infer(request: Request, name: str, version: str = ""):
     # `async def`: one row costs the model less than a hand-off to a worker thread (lesson 02 measured it).
     v2.check_model(name, version)
     body = bytearray()
-    async for chunk in request.stream():  # read no further than the limit, whatever Content-Length says
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        async for chunk in request.stream():  # read no further than the limit, whatever Content-Length says
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    except ClientDisconnect:  # the client hung up mid-body: an answer nobody reads, not a traceback in the log
+        return error(400, "the client hung up before the body ended")
     json_length = request.headers.get(BINARY_HEADER, str(len(body)))
-    if not json_length.isdigit() or int(json_length) > len(body):
+    # ASCII digits, 7 at most: isdigit() says yes to "²", which int() refuses, as it refuses 5,000 digits (a 500).
+    if not (json_length.isascii() and json_length.isdigit() and len(json_length) <= 7) or int(json_length) > len(body):
         raise v2.BadRequest(f"{BINARY_HEADER} must be the JSON's length in bytes, at most {len(body)}; "
                             f"got {json_length}")
     try:
@@ -184,5 +195,5 @@ class DrainFirst(uvicorn.Server):
 
 if __name__ == "__main__":
     config = uvicorn.Config(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")),
-                            access_log=False)
+                            access_log=False, timeout_graceful_shutdown=GRACE_SECONDS)
     DrainFirst(config).run()

@@ -109,8 +109,8 @@ class BodyDeadline:
                 return await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
             except TimeoutError:
                 raise HTTPException(408, f"the body did not arrive within {BODY_SECONDS:g} s") from None
-
-        await self.app(scope, receive_in_time, send)
+        # Requests only: the lifespan's receive() waits until shutdown, and a 408 there failed the lifespan.
+        await self.app(scope, receive_in_time if scope["type"] == "http" else receive, send)
 
 
 app.add_middleware(BodyDeadline)  # lesson 10
