@@ -67,7 +67,7 @@ def pytest_unconfigure(config):
 
 LESSON_OF_TEST_FILE = {
     "test_lesson00.py": "00", "test_flask.py": "01", "test_fastapi.py": "02", "test_contract.py": "01-03",
-    "test_grpc.py": "03", "test_grpc_attacks.py": "03", "test_attacks_rest.py": "00-02, 06",
+    "test_grpc.py": "03", "test_grpc_attacks.py": "03", "test_attacks_rest.py": "00-02, 06, 09",
     "test_container.py": "04", "test_deploy.py": "05", "test_shutdown.py": "05", "test_monitoring.py": "06",
     "test_bench.py": "07", "test_java_client.py": "07", "test_make_start.py": "all",
     "test_security.py": "10", "test_security_attacks.py": "10",

@@ -47,6 +47,7 @@ SERVERS = {  # name: the command line, as each lesson's README runs it
     "01-gunicorn": ["-m", "gunicorn", "--chdir", "lessons/01-flask", "-b", "127.0.0.1:{port}", "app:app"],
     "02-fastapi": ["lessons/02-fastapi/app.py"],
     "06-monitoring": ["lessons/06-monitoring/app.py"],
+    "09-batching": ["lessons/09-throughput/server.py"],
 }
 
 
@@ -76,6 +77,7 @@ MAX_EXAMPLES = 150  # fuzzing examples per operation: about 670 requests per ser
 SCHEMATHESIS = {  # target: the server whose /openapi.json describes it
     "02-fastapi": "02-fastapi",
     "06-monitoring": "06-monitoring",
+    "09-batching": "09-batching",
     "01-flask-dev": "02-fastapi",  # lesson 01 publishes no schema, but it promises lesson 02's contract
     "01-gunicorn": "02-fastapi",
 }

@@ -92,7 +92,7 @@ async def lifespan(app: FastAPI):
 # FastAPI's own /docs page loads Swagger UI from a CDN, and is blank offline; FastAPIOffline serves those files itself.
 app = FastAPIOffline(title="Iris classifier", version="1.0.0", lifespan=lifespan)
 app.add_middleware(LimitBody)  # 413 for a body over 1 MiB, while it arrives
-# 415, 400 and 422 as lesson 01 answers them: one sentence naming the problem (the notebook shows why).
+# 415, 400 and 422 as lesson 01 answers them: one sentence naming the problem (lesson 02's notebook shows why).
 add_error_handlers(app, Features, limit=LIMIT, max_batch=MAX_BATCH)
 
 
@@ -169,7 +169,7 @@ async def model_info():
 @app.post("/predict", responses=ERRORS)
 async def predict(features: Features) -> Prediction:
     # `async def` runs on the event loop: one row costs the model less than a hand-off to a worker
-    # thread would. It blocks the loop while it runs, so only for short work (the notebook measures).
+    # thread would. It blocks the loop while it runs, so only for short work (lesson 02's notebook measures).
     return predict_rows([ml["row"](features)])[0]
 
 

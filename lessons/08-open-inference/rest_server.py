@@ -7,8 +7,8 @@
 
 The routes and JSON are the protocol's, not ours: tritonclient, MLServer's and KServe's clients call this
 server unchanged. The model side (metadata, rows, outputs) is in v2.py, shared with grpc_server.py.
-No pydantic models here: a request is parsed once, by json.loads and numpy, which is what makes a V2
-request cheap (the notebook measures it against MLServer).
+No pydantic models here: a request is parsed once, by json.loads and numpy, which keeps a V2 request cheap
+(`make bench` measures it against MLServer; the README has a run).
 """
 
 import json
@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 
 import v2
 
-MAX_BODY_BYTES = 1024 * 1024  # 1000 rows of JSON take about 100 kB
+MAX_BODY_BYTES = 1024 * 1024  # 1000 rows of JSON fit with room to spare (the notebook measures their size)
 DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "1"))  # readiness false this long after SIGTERM, then drain
 GRACE_SECONDS = 5  # then the requests still running are cancelled: a client stalled mid-body held the stop forever
 BINARY_HEADER = "inference-header-content-length"  # the binary extension: how many bytes of the body are JSON

@@ -115,7 +115,7 @@ class BodyDeadline:
 
 app.add_middleware(BodyDeadline)  # lesson 10
 app.add_middleware(LimitBody)  # 413 for a body over 1 MiB, while it arrives
-# 415, 400 and 422 as lesson 01 answers them: one sentence naming the problem (the notebook shows why).
+# 415, 400 and 422 as lesson 01 answers them: one sentence naming the problem (lesson 02's notebook shows why).
 add_error_handlers(app, Features, limit=LIMIT, max_batch=MAX_BATCH)
 
 # lesson 10: FastAPI's security scheme: /docs shows a lock on each route that uses it, and an "Authorize" button.
@@ -165,7 +165,7 @@ async def model_info():
 @app.post("/predict", dependencies=[Security(caller)], responses=SECURED)  # lesson 10: a key
 async def predict(features: Features) -> Prediction:
     # `async def` runs on the event loop: one row costs the model less than a hand-off to a worker
-    # thread would. It blocks the loop while it runs, so only for short work (the notebook measures).
+    # thread would. It blocks the loop while it runs, so only for short work (lesson 02's notebook measures).
     return predict_rows([ml["row"](features)])[0]
 
 
