@@ -24,6 +24,12 @@ _HYPOTHESIS_HOME = (os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY")
 os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = _HYPOTHESIS_HOME
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)  # in case Hypothesis looked before this file was imported
 
+# Jupyter kernels (nbval), IPython and matplotlib keep profiles, runtime files and caches in the home folder unless
+# told otherwise: here they go to .cache/home (git ignores .cache/), so a test run leaves the home folder as it was.
+for variable, folder in {"IPYTHONDIR": "ipython", "JUPYTER_CONFIG_DIR": "jupyter-config", "JUPYTER_DATA_DIR": "jupyter",
+                         "JUPYTER_RUNTIME_DIR": "jupyter/runtime", "MPLCONFIGDIR": "matplotlib"}.items():
+    os.environ.setdefault(variable, str(REPO / ".cache" / "home" / folder))
+
 NOTEBOOK_BUDGET_SECONDS = 30
 _notebook_seconds: dict[str, float] = defaultdict(float)
 

@@ -10,10 +10,13 @@ lesson 02's Features; Ray Serve does the batching that server.py does by hand.
 """
 
 import os
+import secrets
 
 # Ray's processes listen on this machine's network address, so that other machines can join the cluster. Alone on
 # one machine, they had better stay on 127.0.0.1: this says so (Ray reads it on import; the name is historical).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray guards a new local cluster with a token, which it otherwise writes to ~/.ray/auth_token: this run's own instead.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 import signal  # noqa: E402  (after the line above, like the other imports)
 from operator import attrgetter  # noqa: E402
