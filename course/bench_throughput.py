@@ -170,7 +170,8 @@ def rounds_of(servers, seconds, rounds, concurrency=CONCURRENCY, log=print):
 def median_row(name, results):
     med = {key: statistics.median(r[key] for r in results) for key in
            ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_percent", "client_cpu_percent")}
-    return {"target": name, **med, "errors": sum(r["errors"] for r in results),
+    return {"target": name, **med, "requests": sum(r["requests"] for r in results),
+            "errors": sum(r["errors"] for r in results),
             "concurrency": results[0]["concurrency"], "rounds": len(results)}
 
 
