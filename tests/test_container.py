@@ -206,7 +206,8 @@ def notebook_docker_commands():
         else:
             for command in re.findall(r'f?"(docker [^"]+)"', source):
                 command = command.split("   # no daemon")[0]
-                command = command.format(name="iris", port=8000, settings=" --env PYTHONPYCACHEPREFIX=/tmp/x") \
+                example = {"name": "iris", "port": 8000, "settings": " --env PYTHONPYCACHEPREFIX=/no-bytecode-here"}
+                command = command.format(**example) \
                     if "{name}" in command or "{port}" in command else command
                 commands.add(command.replace("\\t", "\t"))
     return sorted(commands)

@@ -20,7 +20,7 @@ def lesson_minutes(folder):
 
 @pytest.mark.parametrize("folder", LESSON_FOLDERS)
 def test_the_course_readme_gives_each_lesson_the_time_its_readme_gives(folder):
-    number = folder[:2]
+    number = folder[:2] if folder[:2].isdigit() else folder  # "recap" has no number: it stays the last
     row = re.search(rf"^\| {number} \|.*\| (\d+) min \|$", (REPO / "README.md").read_text(), re.M)
     assert row, f"README.md has no table row for lesson {number}"
     assert int(row.group(1)) == lesson_minutes(folder)
@@ -33,3 +33,8 @@ def test_a_notebook_that_says_how_long_it_takes_agrees_with_its_readme(folder):
                     if cell["cell_type"] == "markdown")
     for said in re.findall(r"About (\d+) minutes", text):  # the lesson's own time; "about 4 minutes" is a step's
         assert int(said) == lesson_minutes(folder), f"{notebook.name} says {said} minutes"
+
+
+def test_the_recap_is_the_last_row_of_the_course_readme():
+    rows = re.findall(r"^\| (\w+) \| \[", (REPO / "README.md").read_text(), re.M)
+    assert rows[-1] == "recap" and rows[:-1] == sorted(rows[:-1]), rows

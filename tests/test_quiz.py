@@ -9,7 +9,7 @@ option is right, and its explanation decrypts), a test must know the answer, and
 holds no letters: it finds each right letter by grading every option, the way a stubborn learner would. It holds
 only the numeric answers, which cannot be found by trying four options.
 
-The recap's quiz (`lessons/99-recap/notebook.ipynb`) gets the same treatment: the quiz cells give a hint for a wrong
+The recap's quiz (`lessons/recap/notebook.ipynb`) gets the same treatment: the quiz cells give a hint for a wrong
 answer and the explanation for a right one, which is all the discussion a learner needs, so `solutions/` has no
 list of its answers either.
 
