@@ -52,12 +52,12 @@ java: setup
 
 # Lessons 07 and 08: MLServer in its own virtualenv (.cache/mlserver-venv), the yardstick of `make bench`.
 mlserver:
-	tools/mlserver/setup.sh
+	tools/engine-venv.sh mlserver
 
 # Lesson 09: Ray Serve in its own virtualenv (.cache/ray-venv; a few minutes and ~700 MB the first time).
 .PHONY: ray
 ray:
-	tools/ray/setup.sh
+	tools/engine-venv.sh ray
 
 # Lessons 07-09: every lesson server measured on this machine, with MLServer as the yardstick (about 8 minutes).
 # Fails if the FastAPI lesson server, or lesson 08's V2 REST server, answers fewer single-row requests per second
