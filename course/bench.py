@@ -68,12 +68,9 @@ def v2(rows):  # the Open Inference (V2) protocol MLServer speaks: one flat tens
 
 
 def read_v2(answer):
-    data = json.loads(answer)["outputs"][0]["data"]
-    return [data[i:i + 3] for i in range(0, len(data), 3)]
-
-
-def read_v2_probabilities(answer):  # lesson 08's V2 server answers every output: predict, probabilities, label
-    data = next(o for o in json.loads(answer)["outputs"] if o["name"] == "probabilities")["data"]
+    """The probabilities output: MLServer's only one (predict_proba), or lesson 08's `probabilities` beside the rest."""
+    outputs = json.loads(answer)["outputs"]
+    data = next((o for o in outputs if o["name"] == "probabilities"), outputs[0])["data"]
     return [data[i:i + 3] for i in range(0, len(data), 3)]
 
 
@@ -119,7 +116,7 @@ def targets(mlserver=False):
     if mlserver:  # right after FastAPI's single rows, so that the two are measured back to back
         infer = "/v2/models/iris-classifier/infer"
         # Lesson 08's V2 REST server, the same JSON body, next to MLServer's single rows (the issue: at least as fast).
-        mine += [Target("Lesson 08 V2 REST", "lesson08", "/v2/models/iris/infer", 1, v2(one), read_v2_probabilities),
+        mine += [Target("Lesson 08 V2 REST", "lesson08", "/v2/models/iris/infer", 1, v2(one), read_v2),
                  Target("MLServer (V2)", "mlserver", infer, 1, v2(one), read_v2),
                  Target("MLServer (V2)", "mlserver", infer, BATCH, v2(many), read_v2)]
     mine += [Target("FastAPI async def", "fastapi", "/variants/predict/batch", BATCH, rest(many), read_rest),

@@ -49,8 +49,10 @@ from hypothesis import strategies as st
 
 from course import REPO, import_lesson
 from course.server import grpc_ready, http_ready, start_server
+from course.shutdown import NotSent
 from test_attacks_rest import NAMED, attacks, check_answer
 from test_attacks_rest import send as send_attack
+from test_grpc_attacks import stalled_calls
 
 pb = import_lesson("08-open-inference/inference_pb2.py")
 model_pb2 = import_lesson("10-security/model_pb2.py")
@@ -543,25 +545,6 @@ def test_32_clients_stalled_mid_body_do_not_starve_health(servers, name, health,
     assert requests.get(server.url + health, timeout=TIMEOUT).status_code == 200
 
 
-@contextlib.contextmanager
-def stalled_calls(channel, count, path, metadata=()):
-    """`count` calls that open their stream and never send the request message (as tests/test_grpc_attacks.py)."""
-    never = threading.Event()
-
-    def no_request():
-        never.wait()
-        yield from ()
-
-    calls = [channel.stream_unary(path).future(no_request(), metadata=metadata) for _ in range(count)]
-    time.sleep(0.2)
-    try:
-        yield calls
-    finally:
-        for call in calls:
-            call.cancel()
-        never.set()
-
-
 @pytest.mark.parametrize("name", ["grpc08", "grpc10"])
 def test_32_stalled_grpc_calls_do_not_starve_health_or_predictions(servers, name):
     path, data = (INFER, GOOD08.SerializeToString()) if name == "grpc08" else ("/ModelService/Predict", GOOD10)
@@ -588,10 +571,6 @@ def test_lesson_10s_body_deadline_leaves_the_lifespan_alone():
 # ---- SIGTERM under load ---------------------------------------------------------------------------------------------
 
 CLIENTS = 32
-
-
-class NotSent(Exception):
-    """Refused before it was sent (connection refused): a client sends it elsewhere, so it is not lost."""
 
 
 def rest_predict(server, path, body, headers):

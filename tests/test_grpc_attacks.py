@@ -244,7 +244,7 @@ def test_any_bytes_get_ok_or_invalid_argument_as_the_contract_says(channel, mode
 # ---- stalled clients --------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def stalled_calls(channel, count, path="/ModelService/Predict"):
+def stalled_calls(channel, count, path="/ModelService/Predict", metadata=()):
     """`count` calls that open their stream and never send the request message, with no deadline."""
     never = threading.Event()
 
@@ -252,7 +252,7 @@ def stalled_calls(channel, count, path="/ModelService/Predict"):
         never.wait()  # a client stuck (or malicious) before the first byte of its message
         yield from ()
 
-    calls = [channel.stream_unary(path).future(no_request()) for _ in range(count)]
+    calls = [channel.stream_unary(path).future(no_request(), metadata=metadata) for _ in range(count)]
     # Nothing on the client tells when a call without its message has reached the server. On a thread-pool
     # server they take 20-50 ms here to hold their threads; the control test below checks that 0.2 s is enough.
     time.sleep(0.2)
