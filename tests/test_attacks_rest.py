@@ -46,9 +46,11 @@ SERVERS = {  # name: the command line, as each lesson's README runs it
     "01-flask-dev": ["lessons/01-flask/app.py"],
     "01-gunicorn": ["-m", "gunicorn", "--chdir", "lessons/01-flask", "-b", "127.0.0.1:{port}", "app:app"],
     "02-fastapi": ["lessons/02-fastapi/app.py"],
+    "02-onnxruntime": ["lessons/02-fastapi/app.py"],  # with ENGINE=onnxruntime (ENVS)
     "06-monitoring": ["lessons/06-monitoring/app.py"],
     "09-batching": ["lessons/09-throughput/server.py"],
 }
+ENVS = {"02-onnxruntime": {"ENGINE": "onnxruntime"}}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def servers():
             if name == "01-gunicorn" and GUNICORN_CONF.exists():  # the settings lesson 01 runs gunicorn with
                 command[2:2] = ["-c", str(GUNICORN_CONF)]
             # These tests do not measure shutdowns: no drain pause, so that stopping five servers is quick.
-            started[name] = BackgroundServer([sys.executable, *command], port=port, env={"DRAIN_SECONDS": "0"}).start()
+            started[name] = BackgroundServer([sys.executable, *command], port=port, env={"DRAIN_SECONDS": "0", **ENVS.get(name, {})}).start()
         return started[name]
 
     yield get
@@ -76,6 +78,7 @@ def servers():
 MAX_EXAMPLES = 150  # fuzzing examples per operation: about 670 requests per server, 5 to 7 s on 2 cores
 SCHEMATHESIS = {  # target: the server whose /openapi.json describes it
     "02-fastapi": "02-fastapi",
+    "02-onnxruntime": "02-fastapi",
     "06-monitoring": "06-monitoring",
     "09-batching": "09-batching",
     "01-flask-dev": "02-fastapi",  # lesson 01 publishes no schema, but it promises lesson 02's contract

@@ -22,7 +22,8 @@ from course.server import BackgroundServer, free_port, grpc_ready, start_server
 REST = ["flask", "fastapi"]
 SCRIPTS = {"flask": "lessons/01-flask/app.py", "grpc": "lessons/03-grpc/server.py"}
 GRPC_READY = (LESSONS / "03-grpc" / "server.py").exists() and (LESSONS / "03-grpc" / "model_pb2_grpc.py").exists()
-ALL = REST + [pytest.param("grpc", marks=pytest.mark.skipif(not GRPC_READY, reason="needs lessons/03-grpc"))]
+# Lesson 02 again, with the model run by onnxruntime (ENGINE=onnxruntime): the same answers, to the same tolerance.
+ALL = REST + ["fastapi-onnxruntime", pytest.param("grpc", marks=pytest.mark.skipif(not GRPC_READY, reason="needs lessons/03-grpc"))]
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]  # checked against the model below
 MAX_BODY = 1024 * 1024
 CONTRACT_VERSION = "1.0.0+contract-test"
@@ -67,8 +68,8 @@ def servers(model_path):
 
     def get(kind):
         if kind not in started:
-            env = {"MODEL_PATH": str(model_path)}
-            if kind == "fastapi":  # `uvicorn app:app` from the lesson's folder, as its docstring says it can be run
+            env = {"MODEL_PATH": str(model_path), "ENGINE": "onnxruntime" if kind.endswith("onnxruntime") else "sklearn"}
+            if kind.startswith("fastapi"):  # `uvicorn app:app` from the lesson's folder, as its docstring says
                 port = free_port()
                 command = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
                 started[kind] = BackgroundServer(command, port=port, env=env, cwd=LESSONS / "02-fastapi").start()
@@ -187,7 +188,7 @@ def test_a_batch_of_1000_is_accepted(kind, servers, model, rows):
     assert [a["prediction"] for a in batch] == [int(p.argmax()) for p in expected(model, instances, kind)]
 
 
-@pytest.mark.parametrize("kind", ["flask", "fastapi"])
+@pytest.mark.parametrize("kind", ["flask", "fastapi", "fastapi-onnxruntime"])
 def test_health_and_model_metadata_come_from_model_path(kind, servers, model):
     url = servers(kind).url
     response = requests.get(url + "/health")

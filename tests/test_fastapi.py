@@ -10,8 +10,12 @@ import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import requests
 from sklearn.datasets import load_iris
 
@@ -172,3 +176,38 @@ def test_the_worked_answer_is_the_lesson_app_plus_gt_0():
     normalised = [line.replace("Field(gt=0,", "Field(ge=-LIMIT,") for line in answer if "# Exercise" not in line]
     assert normalised == lesson
     assert sum("Field(gt=0," in line for line in answer) == 4
+
+
+# ---- ENGINE: which library runs the model -------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(psutil.Process, "memory_maps"), reason="psutil lists loaded libraries on Linux/Windows")
+@pytest.mark.parametrize("engine", ["sklearn", "onnxruntime"])
+def test_engine_decides_which_library_runs_the_model(engine):
+    """The same answer either way (test_contract.py holds both to the model), so look inside: onnxruntime's library is
+    loaded by the server process only when ENGINE asks for it."""
+    server = start_server("lessons/02-fastapi/app.py", env={"ENGINE": engine})
+    try:
+        assert requests.post(server.url + "/predict", json=FLOWER).json()["label"] == "setosa"
+        libraries = {Path(m.path).name for m in psutil.Process(server.pid).memory_maps()}
+    finally:
+        server.stop()
+    assert any(name.startswith("onnxruntime_pybind11_state") for name in libraries) == (engine == "onnxruntime")
+
+
+def test_an_unknown_engine_stops_the_server_at_start_up():
+    with pytest.raises(ServerFailedToStart) as error:
+        start_server("lessons/02-fastapi/app.py", env={"ENGINE": "tensorflow"})
+    assert "ENGINE='tensorflow': expected sklearn (the default) or onnxruntime" in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_predict_proba(model):
+    return import_lesson("02-fastapi/app.py").onnxruntime_predict_proba(model)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=4, max_size=4), min_size=1, max_size=20))
+def test_onnxruntime_gives_scikit_learns_probabilities_for_any_flower_the_api_accepts(onnxruntime_predict_proba,
+                                                                                       model, rows):
+    """Every row Features lets through (finite, within +-LIMIT), in batches of 1 to 20: float64 on both sides."""
+    assert onnxruntime_predict_proba(rows) == pytest.approx(model.estimator.predict_proba(rows), abs=1e-9)

@@ -2,6 +2,7 @@
 
     python lessons/02-fastapi/app.py       # or, from this folder: uvicorn app:app
     open http://127.0.0.1:8000/docs         # Swagger UI, generated from the classes below
+    ENGINE=onnxruntime python lessons/02-fastapi/app.py   # the same model, run by onnxruntime (see ENGINE)
 
 The same contract as lesson 01's Flask app (same routes, same JSON, same status codes, the same
 error text), but pydantic does the checking that Flask made us write by hand.
@@ -27,6 +28,9 @@ MAX_BATCH = 1000
 LIMIT = 1e6
 # After SIGTERM, /health answers 503 for this long while load balancers stop sending, then uvicorn drains.
 DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "1"))
+# Which library runs the model. scikit-learn checks its input on every call, and on one row that is most of the call;
+# onnxruntime runs the same pipeline, converted at start-up, without those checks (the notebook measures both).
+ENGINE = os.environ.get("ENGINE", "sklearn")
 
 
 class Features(BaseModel):
@@ -59,12 +63,29 @@ class BatchPrediction(BaseModel):
 ml = {}  # filled once at start-up, read by every request
 
 
+def onnxruntime_predict_proba(model):
+    # Imported here, not above: the default engine, and lesson 04's image of this server, do without them.
+    import numpy as np
+    import onnxruntime
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    # float64 in, as scikit-learn computes: the probabilities agree with it to ~1e-16, not to float32's 7 digits.
+    graph = to_onnx(model.estimator, initial_types=[("features", DoubleTensorType([None, len(model.features)]))],
+                    options={"zipmap": False})
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda rows: session.run(["probabilities"], {"features": np.array(rows, dtype=np.float64)})[0]
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     model = load_model()  # MODEL_PATH, or the repo's trained model
     if sorted(model.features) != sorted(Features.model_fields):
         raise RuntimeError(f"the model expects {model.features}, but Features declares {list(Features.model_fields)}")
+    if ENGINE not in ("sklearn", "onnxruntime"):
+        raise RuntimeError(f"ENGINE={ENGINE!r}: expected sklearn (the default) or onnxruntime")
     ml["model"] = model
+    ml["predict_proba"] = model.estimator.predict_proba if ENGINE == "sklearn" else onnxruntime_predict_proba(model)
     ml["row"] = attrgetter(*model.features)  # a Features object -> its values in the model's order
     ml["info"] = {key: model.metadata[key] for key in ("name", "version", "features", "classes", "feature_ranges")}
     ml["draining"] = False
@@ -82,7 +103,7 @@ add_error_handlers(app, Features, limit=LIMIT, max_batch=MAX_BATCH)
 def predict_rows(rows: list) -> list[Prediction]:
     model = ml["model"]
     # One predict_proba call: the predicted class is the most probable one, so no predict() too.
-    probabilities = model.estimator.predict_proba(rows)
+    probabilities = ml["predict_proba"](rows)
     return [Prediction(prediction=best, label=model.classes[best], probabilities=p)
             for best, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.tolist())]
 
