@@ -23,7 +23,7 @@ from test_attacks_rest import NAMED, SEED, attacks, check_answer
 from test_contract import BAD_INPUT, send
 
 from course import import_lesson
-from course.bench_throughput import post_together
+from course.bench_throughput import post_together, verdict
 from course.server import start_server
 
 SERVER = "lessons/09-throughput/server.py"
@@ -201,3 +201,17 @@ def test_workers_answer_without_waiting_for_delayed_acks_and_stop_cleanly(model)
         assert server.process.wait(15) == 0
     finally:
         server.stop()
+
+
+def test_the_verdict_judges_lesson_02_with_onnxruntime_and_prints_its_default_engine_beside():
+    def row(target, requests_per_s, p99_ms):
+        return {"target": target, "concurrency": 64, "requests_per_s": requests_per_s, "p99_ms": p99_ms, "errors": 0}
+
+    rows = [row("MLServer", 1000, 800), row("MLServer, adaptive batching", 1700, 130),
+            row("lesson 09, 2 workers", 7000, 15), row("lesson 09, batching", 4900, 17),
+            row("lesson 02, onnxruntime", 4000, 18), row("lesson 02, no batching", 1600, 80)]
+    lines, met = verdict(rows)
+    assert met and "lesson 02 with scikit-learn, its default engine / MLServer, adaptive batching: 0.94x" in lines[2]
+    rows[4] = row("lesson 02, onnxruntime", 1650, 18)
+    lines, met = verdict(rows)
+    assert not met and "MISS lesson 02, onnxruntime / MLServer, adaptive batching: 0.97x (target >= 1.0x)" in lines
