@@ -211,3 +211,13 @@ def test_onnxruntime_gives_scikit_learns_probabilities_for_any_flower_the_api_ac
                                                                                        model, rows):
     """Every row Features lets through (finite, within +-LIMIT), in batches of 1 to 20: float64 on both sides."""
     assert onnxruntime_predict_proba(rows) == pytest.approx(model.estimator.predict_proba(rows), abs=1e-9)
+
+
+def test_onnxruntime_engine_without_onnxruntime_installed_stops_at_start_up_and_says_so(tmp_path):
+    """Lesson 04's image installs the default engine's libraries only: there, ENGINE=onnxruntime must fail loudly at
+    start-up, not on the first request. An `onnxruntime` package that cannot be imported stands in for a missing one."""
+    (tmp_path / "onnxruntime").mkdir()
+    (tmp_path / "onnxruntime" / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'onnxruntime\'")')
+    with pytest.raises(ServerFailedToStart) as error:
+        start_server("lessons/02-fastapi/app.py", env={"ENGINE": "onnxruntime", "PYTHONPATH": str(tmp_path)})
+    assert "No module named 'onnxruntime'" in str(error.value) and "Application startup failed" in str(error.value)
