@@ -10,7 +10,7 @@ started and called even where Docker cannot run (CI runners, sandboxes):
 
 When no image registry is reachable, Podman cannot pull python:3.11-slim. A stand-in is then made
 once with debootstrap (Debian bookworm, whose python3 is 3.11 like the real image's) and kept in
-~/.cache/serving-course/containers with the build cache, so only the first build is slow.
+the repository's .cache/containers with the build cache, so only the first build is slow.
 
 The first build needs the network: for the base image (a registry, or a Debian mirror for the stand-in)
 and for pip in the build. Offline, it stops with one line saying which. Later builds reuse the cache.
@@ -43,7 +43,9 @@ from course import REPO
 
 BASE_IMAGE = "python:3.11-slim"
 BASE_IMAGE_FULL = "docker.io/library/python:3.11-slim"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "serving-course" / "containers"
+# In the repository's .cache/ (git ignores it), beside the engines' virtualenvs: not the home folder, which the course
+# leaves as it found it. Gigabytes once images are built: delete the folder to start over.
+CACHE = REPO / ".cache" / "containers"
 # Raise it when make_standin changes: a cached stand-in with another version is made again.
 STANDIN_VERSION = "2"
 STANDIN_TAR = CACHE / f"python-3.11-slim-standin-{STANDIN_VERSION}.tar"

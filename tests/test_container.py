@@ -2,7 +2,7 @@
 
 With Docker when its daemon answers, else with Podman (build) and Buildah (run), daemonless; see
 course/containers.py. The first run builds a base-image stand-in and the images (minutes);
-later runs reuse ~/.cache/serving-course/containers and take seconds. On a machine with no
+later runs reuse .cache/containers (in the repository) and take seconds. On a machine with no
 container engine at all, the tests that need one are skipped with a message saying what is
 missing; the checks of the files themselves run everywhere.
 """
