@@ -76,10 +76,12 @@ def requirements_of(package):
             yield canonicalize_name(requirement.name)
 
 
-def third_party_imports(path):
-    """Top-level modules a file imports that are neither the standard library nor the repo's own."""
+def third_party_imports(path, when_loaded_only=False):
+    """Top-level modules a file imports that are neither the standard library nor the repo's own; with
+    when_loaded_only, only those imported as the file is loaded, not inside a function."""
     text = (REPO / path).read_text()
-    modules = set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", text, re.M))
+    indent = "" if when_loaded_only else r"\s*"
+    modules = set(re.findall(rf"^{indent}(?:from|import)\s+([A-Za-z_][\w]*)", text, re.M))
     local = {p.stem for p in (REPO / path).parent.glob("*.py")} | {"course"}
     return {m for m in modules if m not in sys.stdlib_module_names and m not in local}
 
@@ -93,7 +95,7 @@ def test_serving_requirements_are_complete_and_nothing_more(name):
     needed = {"scikit-learn", "joblib"}
     for server in SERVERS[name]:
         engine_only = ENGINE_ONLY.get(server, set())
-        top_level = set(re.findall(r"^(?:from|import)\s+(\w+)", (REPO / server).read_text(), re.M))
+        top_level = third_party_imports(server, when_loaded_only=True)
         assert not top_level & engine_only, f"{server} imports {top_level & engine_only} at start, for every engine"
         for module in third_party_imports(server) - engine_only:
             needed |= {canonicalize_name(d) for d in distributions.get(module, [module])}
